@@ -1,0 +1,1 @@
+"""Chemistry: elements, bonds from distances (EDM rules), stability, RDKit molecules."""
