@@ -1,0 +1,5 @@
+"""``python -m molgen`` (and ``torchrun -m molgen train ...``)."""
+
+from molgen.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""3D molecule -> RDKit molecule: bonds from the EDM rule, sanitization, canonical SMILES.
+
+Reference: Hoogeboom et al., "Equivariant Diffusion for Molecule Generation in 3D", ICML 2022 (EDM),
+``qm9/rdkit_functions.py``. Validity is EDM's: build the molecule with bonds from
+:func:`~molgen.chem.bonds.bond_order_matrix`, all hydrogens as explicit atoms, and run
+``Chem.SanitizeMol``. Atoms are *not* marked "no implicit hydrogens", so RDKit may complete an
+under-bonded heavy atom with implicit hydrogens; only over-bonded atoms, impossible aromatic
+systems and the like make a molecule invalid. This is why QM9's own validity (97.7%) exceeds its
+molecule stability (95.2%). Uniqueness and novelty use the canonical SMILES of the largest
+fragment (most atoms, hydrogens included, first on ties).
+
+One deliberate difference from EDM's strings: by default SMILES are written with hydrogens
+implicit (``"CCO"``, not ``"[H]OC([H])([H])..."``) so they compare with QM9's and MOSES's SMILES.
+EDM's strings keep every hydrogen atom, so two molecules that differ only in which heavy atoms
+RDKit completed with implicit hydrogens stay distinct; ``explicit_hydrogens=True`` reproduces that
+(on QM9 itself: uniqueness 99.95% with EDM's strings, 99.62% with implicit hydrogens). No
+stereochemistry is assigned from 3D in either case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Geometry import Point3D
+from rdkit.rdBase import BlockLogs
+
+from molgen.chem.bonds import bond_order_matrix
+from molgen.chem.elements import ATOMIC_NUMBERS, Molecule3D
+
+_BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+
+#: Short categories returned by :func:`sanitize` for a molecule RDKit rejects.
+INVALID_REASONS: tuple[str, ...] = ("empty", "valence", "kekulize", "other")
+
+
+def build_mol(mol: Molecule3D, bonds: np.ndarray | None = None) -> Chem.Mol:
+    """Assemble an unsanitized RDKit molecule with atoms, formal charges, bonds and a 3D conformer.
+
+    Args:
+        mol: the molecule; ``atom_types`` ``[n]``, ``positions`` ``[n, 3]`` Å, optional ``charges``.
+        bonds: ``[n, n]`` symmetric bond orders (0..3); inferred with
+            :func:`~molgen.chem.bonds.bond_order_matrix` when ``None``.
+
+    Returns:
+        An unsanitized :class:`rdkit.Chem.Mol` (call :func:`sanitize` before most RDKit uses).
+    """
+    types = np.asarray(mol.atom_types, dtype=np.int64).reshape(-1)
+    pos = np.asarray(mol.positions, dtype=np.float64).reshape(-1, 3)
+    n = len(types)
+    if bonds is None:
+        bonds = bond_order_matrix(types, pos)
+    bonds = np.asarray(bonds)
+    if bonds.shape != (n, n):
+        raise ValueError(f"bonds must have shape ({n}, {n}), got {bonds.shape}")
+    charges = None if mol.charges is None else np.asarray(mol.charges, dtype=np.int64).reshape(-1)
+
+    rw = Chem.RWMol()
+    for i, t in enumerate(types):
+        atom = Chem.Atom(ATOMIC_NUMBERS[int(t)])
+        if charges is not None:
+            atom.SetFormalCharge(int(charges[i]))
+        rw.AddAtom(atom)
+    rows, cols = np.nonzero(np.triu(bonds, k=1))
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        order = int(bonds[i, j])
+        if order not in _BOND_TYPES:
+            raise ValueError(f"bond order {order} between atoms {i} and {j} is not 1, 2 or 3")
+        rw.AddBond(i, j, _BOND_TYPES[order])
+    conf = Chem.Conformer(n)
+    conf.Set3D(True)
+    for i, (x, y, z) in enumerate(pos.tolist()):
+        conf.SetAtomPosition(i, Point3D(x, y, z))
+    rw.AddConformer(conf, assignId=True)
+    return rw.GetMol()
+
+
+def sanitize(m: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
+    """Sanitize a copy of ``m`` (the input is left untouched), without RDKit log noise.
+
+    Args:
+        m: an RDKit molecule, typically from :func:`build_mol`.
+
+    Returns:
+        ``(sanitized_mol, None)`` on success, else ``(None, reason)`` with ``reason`` one of
+        :data:`INVALID_REASONS`: ``"empty"`` (no atoms), ``"valence"`` (an atom has more bonds
+        than allowed), ``"kekulize"`` (an aromatic system RDKit cannot kekulize), ``"other"``.
+    """
+    if m.GetNumAtoms() == 0:
+        return None, "empty"
+    out = Chem.Mol(m)
+    _block = BlockLogs()  # noqa: F841 — silences RDKit's stderr messages while alive
+    try:
+        Chem.SanitizeMol(out)
+    except Chem.AtomValenceException:
+        return None, "valence"
+    except (Chem.KekulizeException, Chem.AtomKekulizeException):
+        return None, "kekulize"
+    except Exception:  # noqa: BLE001 — any other RDKit rejection is "invalid", not a crash
+        return None, "other"
+    return out, None
+
+
+def largest_fragment(m: Chem.Mol) -> Chem.Mol:
+    """The fragment with the most atoms (hydrogens included; first one on ties), as EDM does.
+
+    Args:
+        m: a sanitized RDKit molecule.
+    """
+    frags = Chem.GetMolFrags(m, asMols=True, sanitizeFrags=False)
+    return max(frags, default=m, key=lambda f: f.GetNumAtoms())
+
+
+def largest_fragment_smiles(m: Chem.Mol, *, explicit_hydrogens: bool = False) -> str:
+    """Canonical SMILES (no stereo) of the largest fragment of ``m``.
+
+    This string is the identity used for uniqueness and novelty (EDM convention).
+
+    Args:
+        m: a sanitized RDKit molecule.
+        explicit_hydrogens: keep hydrogen atoms in the string, exactly as EDM's SMILES do. The
+            default writes them implicitly (see the module docstring).
+    """
+    frag = largest_fragment(m)
+    if not explicit_hydrogens:
+        _block = BlockLogs()  # noqa: F841
+        try:
+            frag = Chem.RemoveHs(frag, sanitize=False)
+        except Exception:  # noqa: BLE001 — keep explicit hydrogens if RDKit refuses to remove them
+            pass
+    return Chem.MolToSmiles(frag, isomericSmiles=False)
+
+
+def mol_to_smiles(mol3d: Molecule3D, *, explicit_hydrogens: bool = False) -> str | None:
+    """Canonical largest-fragment SMILES of a 3D molecule, or ``None`` if it is invalid.
+
+    Args:
+        mol3d: the molecule; bonds are inferred with the EDM rule.
+        explicit_hydrogens: see :func:`largest_fragment_smiles`.
+    """
+    m, _ = sanitize(build_mol(mol3d))
+    return None if m is None else largest_fragment_smiles(m, explicit_hydrogens=explicit_hydrogens)
+
+
+def num_fragments(m: Chem.Mol) -> int:
+    """Number of connected components of ``m``."""
+    return len(Chem.GetMolFrags(m))

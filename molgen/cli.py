@@ -1,0 +1,164 @@
+"""The ``molgen`` command line. Thin: parse flags, call library functions, print.
+
+User errors (:class:`molgen.errors.MolgenError`) become one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from molgen import __version__
+from molgen.errors import MolgenError
+
+
+def _family_choice() -> click.Choice:
+    from molgen.models.registry import family_names
+
+    return click.Choice(family_names())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="molgen")
+def cli() -> None:
+    """molgen: conditional molecule generation on one E(3)-equivariant backbone."""
+
+
+@cli.command()
+@click.option("--model", "model", type=_family_choice(), required=False, help="Generative family.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file with config overrides.")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="Override one config key, e.g. train.lr=1e-3.")
+@click.option("--preset", help="Named preset from configs/presets (tiny: CPU-minute test run; demo: ~10 min CPU).")
+@click.option("--condition", multiple=True, metavar="PROP", help="Condition on a QM9 property (repeatable).")
+@click.option("--split", type=click.Choice(["train", "da", "db"]), help="Training split (db for the EDM conditional protocol).")
+@click.option("--steps", type=int, help="Optimizer steps.")
+@click.option("--epochs", type=int, help="Epochs (instead of --steps).")
+@click.option("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns.db).")
+@click.option("--resume", "resume", metavar="RUN_OR_PATH", help="Continue a run (MLflow run id or checkpoint path).")
+def train(model, config_path, set_items, preset, condition, split, steps, epochs, device, seed, tracking_uri, resume) -> None:
+    """Train a model on QM9 and log it to MLflow."""
+    from molgen.config import deep_update, parse_set, resolve_config
+    from molgen.models.registry import get_family
+    from molgen.train import resume_training, train as run_training
+
+    if resume:
+        result = resume_training(resume, tracking_uri=tracking_uri, steps=steps)
+    else:
+        if model is None:
+            raise MolgenError("--model is required (or --resume)")
+        overrides = parse_set(set_items)
+        flags: dict = {"train": {}, "data": {}}
+        if condition:
+            flags["data"]["properties"] = list(condition)
+        if split:
+            flags["data"]["split"] = split
+        if steps is not None:
+            flags["train"]["steps"] = steps
+        if epochs is not None:
+            flags["train"]["epochs"] = epochs
+        if device:
+            flags["train"]["device"] = device
+        if seed is not None:
+            flags["train"]["seed"] = seed
+        family = get_family(model)
+        cfg = resolve_config(model, family.config_cls, config_path=config_path, preset=preset,
+                             overrides=deep_update(overrides, flags))
+        result = run_training(cfg, tracking_uri=tracking_uri)
+    if result.run_id is None:  # a non-zero DDP rank
+        return
+    from molgen.tracking import resolve_tracking_uri
+
+    if result.interrupted:
+        raise MolgenError(
+            f"interrupted at step {result.step}; checkpoint saved to {result.checkpoint}; "
+            f"resume with: molgen train --resume {result.run_id}",
+            exit_code=130,
+        )
+    click.echo(f"\nMLflow run:  {result.run_id}  (store: {resolve_tracking_uri(tracking_uri)}; view with: molgen ui)")
+    click.echo(f"checkpoint:  {result.checkpoint}")
+    if result.samples_sdf:
+        click.echo(f"samples:     {result.samples_sdf}")
+    _print_metrics(result.metrics)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    for key, value in metrics.items():
+        click.echo(f"  {key:<28} {value:.4f}")
+
+
+@cli.command()
+@click.option("--run", "run_id", help="MLflow run id of a trained model.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint file instead of --run.")
+@click.option("-n", "n", type=int, default=100, show_default=True, help="Number of molecules.")
+@click.option("--target", multiple=True, metavar="PROP=VALUE[UNIT]",
+              help="Property target, e.g. gap=6.5eV, mu=2D, alpha=75Bohr3, Cv=30cal/mol/K (energies: eV, meV or Ha).")
+@click.option("--n-atoms", type=int, help="Atom count of every molecule (default: drawn from the training data).")
+@click.option("--guidance", type=float, help="Classifier-free guidance weight w (0: plain conditional).")
+@click.option("--steps", type=int, help="Sampling steps (default: the model's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--tracking-uri", help="MLflow tracking URI (for --run).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .sdf, .xyz or .smi.")
+def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, out) -> None:
+    """Generate molecules from a trained model and score what was written."""
+    from molgen.generate import generate_molecules
+
+    report = generate_molecules(
+        run_id=run_id, checkpoint=checkpoint, n=n, targets=list(target), n_atoms=n_atoms, guidance=guidance,
+        steps=steps, seed=seed, device=device, tracking_uri=tracking_uri, out=out,
+    )
+    click.echo(f"wrote {report['n']} molecules to {out}")
+    _print_metrics({k: v for k, v in report.items() if k != "n"})
+
+
+@cli.group()
+def data() -> None:
+    """Inspect datasets."""
+
+
+@data.command("qm9")
+@click.option("--cache-dir", help="Processed-cache folder (default: $MOLGEN_CACHE or ~/.cache/molgen).")
+@click.option("--rebuild", is_flag=True, help="Re-process the source CSVs.")
+def data_qm9(cache_dir, rebuild) -> None:
+    """Counts, EDM split sizes and property statistics of QM9 (user units)."""
+    from molgen.data.qm9 import format_qm9_summary, load_qm9
+
+    click.echo(format_qm9_summary(load_qm9(cache_dir, rebuild=rebuild)))
+
+
+@cli.command()
+@click.option("--tracking-uri", help="MLflow tracking URI (default: ./mlruns.db).")
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(tracking_uri, port) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the run store."""
+    from molgen.tracking import launch_ui
+
+    sys.exit(launch_ui(tracking_uri, port=port))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors, no tracebacks for user mistakes."""
+    try:
+        cli.main(args=argv, prog_name="molgen", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MolgenError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""From QM9 tensors to torch-geometric graphs, and the training-set statistics a model keeps.
+
+A molecule graph is a ``torch_geometric.data.Data`` with ``pos [n, 3]`` (Å), ``atom_types [n]``,
+``charges [n]``, ``y [1, P]`` (properties normalized with training statistics) and ``y_mask [1, P]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch_geometric.data import Data
+
+from molgen.config import DataConfig
+from molgen.data.properties import get_property
+from molgen.data.qm9 import QM9Data, edm_splits
+from molgen.errors import MolgenError
+
+
+@dataclass
+class DatasetStats:
+    """What a model must remember about its training data (saved in every checkpoint).
+
+    Attributes:
+        n_atoms_hist: counts of molecules by atom count (index = atom count).
+        properties: names of the conditioning properties, in column order.
+        mean, std: per-property normalization in user units.
+    """
+
+    n_atoms_hist: list[int]
+    properties: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def max_atoms(self) -> int:
+        return len(self.n_atoms_hist) - 1
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """``[..., P]`` user units -> normalized."""
+        mean = torch.tensor(self.mean, dtype=values.dtype, device=values.device)
+        std = torch.tensor(self.std, dtype=values.dtype, device=values.device)
+        return (values - mean) / std
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=values.dtype, device=values.device)
+        std = torch.tensor(self.std, dtype=values.dtype, device=values.device)
+        return values * std + mean
+
+    def sample_n_atoms(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` atom counts from the training histogram."""
+        probs = torch.tensor(self.n_atoms_hist, dtype=torch.float64)
+        return torch.multinomial(probs / probs.sum(), n, replacement=True, generator=generator)
+
+    def log_prob_n_atoms(self, n_atoms: torch.Tensor) -> torch.Tensor:
+        probs = torch.tensor(self.n_atoms_hist, dtype=torch.float64, device=n_atoms.device)
+        probs = probs / probs.sum()
+        idx = n_atoms.clamp(max=self.max_atoms)
+        return torch.log(probs[idx].clamp(min=1e-30)).to(torch.float32)
+
+    def to_dict(self) -> dict:
+        return {"n_atoms_hist": self.n_atoms_hist, "properties": self.properties, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetStats":
+        return cls(**d)
+
+
+def select_indices(data: QM9Data, cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """Training and validation molecule indices for ``cfg`` (split, size cap, atom-count cap)."""
+    splits = edm_splits(data.num_molecules)
+    train = splits[cfg.split]
+    valid = splits["valid"]
+    if cfg.max_atoms is not None:
+        n = data.n_atoms
+        train = train[n[train] <= cfg.max_atoms]
+        valid = valid[n[valid] <= cfg.max_atoms]
+    if cfg.max_molecules is not None:
+        train = train[: cfg.max_molecules]
+        valid = valid[: max(64, cfg.max_molecules // 10)]
+    if train.numel() == 0:
+        raise MolgenError("no training molecules left after data.max_atoms / data.max_molecules")
+    return {"train": train, "valid": valid, "test": splits["test"]}
+
+
+def compute_stats(data: QM9Data, train_idx: torch.Tensor, properties: Sequence[str]) -> DatasetStats:
+    """Atom-count histogram and property mean/std over the training molecules."""
+    n = data.n_atoms[train_idx]
+    hist = torch.bincount(n, minlength=int(data.n_atoms.max()) + 1).tolist()
+    names = [get_property(p).name for p in properties]
+    mean, std = [], []
+    for name in names:
+        values = data.property(name)[train_idx].double()
+        mean.append(float(values.mean()))
+        std.append(float(values.std().clamp(min=1e-8)))
+    return DatasetStats(n_atoms_hist=hist, properties=names, mean=mean, std=std)
+
+
+def make_graphs(data: QM9Data, indices: torch.Tensor, stats: DatasetStats) -> list[Data]:
+    """One PyG ``Data`` per molecule, with normalized conditioning labels."""
+    if stats.properties:
+        cols = torch.stack([data.property(p) for p in stats.properties], dim=1)
+        y_all = stats.normalize(cols[indices].float())
+    else:
+        y_all = torch.zeros(len(indices), 0)
+    graphs = []
+    ptr = data.ptr
+    for k, i in enumerate(indices.tolist()):
+        a, b = int(ptr[i]), int(ptr[i + 1])
+        graphs.append(
+            Data(
+                pos=data.positions[a:b],
+                atom_types=data.atom_types[a:b],
+                charges=data.charges[a:b],
+                y=y_all[k : k + 1],
+                y_mask=torch.ones_like(y_all[k : k + 1]),
+                num_nodes=b - a,
+            )
+        )
+    return graphs
