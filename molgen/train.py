@@ -260,7 +260,7 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     dt = time.time() - t0
                     self._record({
-                        **{f"train/{k}": float(v) for k, v in out.items()},
+                        **{f"train/{k}": float(v.detach()) for k, v in out.items()},
                         "train/grad_norm": float(gnorm), "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/molecules_per_s": seen * self.info.world_size / max(dt, 1e-9),
                     })
@@ -291,7 +291,7 @@ class Trainer:
 
     def _finish(self, path: Path) -> TrainResult:
         """Final sample, its metrics and the artifacts a user looks at in MLflow."""
-        from molgen.chem.build import build_mol
+        from molgen.chem.build import build_mol, sanitize
         from molgen.chem.io import write_molecules
         from molgen.plots import loss_curve_png, molecule_grid_png
 
@@ -301,7 +301,7 @@ class Trainer:
         sdf = self.out_dir / "samples.sdf"
         write_molecules(mols, sdf)
         write_molecules(mols, self.out_dir / "samples.smi")
-        molecule_grid_png([build_mol(m) for m in mols[:16]], self.out_dir / "samples_grid.png")
+        molecule_grid_png([sanitize(build_mol(m))[0] for m in mols[:16]], self.out_dir / "samples_grid.png")
         loss_curve_png({k: v for k, v in self.history.items() if k in ("train/loss", "val/loss")},
                        self.out_dir / "loss_curve.png")
         for name in ("samples.sdf", "samples.smi", "samples_grid.png", "loss_curve.png"):

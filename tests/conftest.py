@@ -41,3 +41,29 @@ def qm9_small_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 break
             writer.writerow(row)
     return folder
+
+
+# Tests run many small torch workloads, sometimes beside a server or a second DDP process on a
+# 2-core machine: one intra-op thread avoids OpenMP oversubscription (which slows them ~40x).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def qm9_cache(qm9, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of the processed QM9 cache built (or found) by the ``qm9`` fixture."""
+    from molgen.data.qm9 import resolve_cache_dir
+
+    cache = os.environ.get("MOLGEN_CACHE")
+    if cache:
+        return str(resolve_cache_dir(cache))
+    # the qm9 fixture built its cache in the first temp folder it made
+    roots = sorted(Path(tmp_path_factory.getbasetemp()).glob("molgen_cache*"))
+    return str(roots[0])

@@ -90,10 +90,11 @@ class EquivariantDiffusion(Generator):
 
     # ------------------------------------------------------------------ features
     def _features(self, batch: Any) -> Tensor:
-        onehot = nn.functional.one_hot(batch.atom_types, self.num_types).float() * self.fc.type_scale
+        dtype = batch.pos.dtype
+        onehot = nn.functional.one_hot(batch.atom_types, self.num_types).to(dtype) * self.fc.type_scale
         if not self.fc.include_charges:
             return onehot
-        return torch.cat([onehot, batch.charges.float()[:, None] * self.fc.charge_scale], dim=-1)
+        return torch.cat([onehot, batch.charges.to(dtype)[:, None] * self.fc.charge_scale], dim=-1)
 
     def _dims(self, n_atoms: Tensor) -> tuple[Tensor, Tensor]:
         """Degrees of freedom per molecule: positions (zero-CoM subspace) and features."""

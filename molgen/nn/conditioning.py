@@ -24,7 +24,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         # t: [B] -> [B, dim]
-        args = t.float()[:, None] * self.freqs[None, :]
+        args = t.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
@@ -61,8 +61,8 @@ class ConditionEncoder(nn.Module):
     def forward(
         self, batch_size: int, t: Tensor | None = None, y: Tensor | None = None, y_mask: Tensor | None = None
     ) -> Tensor:
-        device = self.out[1].weight.device
-        c = torch.zeros(batch_size, self.dim, device=device)
+        weight = self.out[1].weight
+        c = torch.zeros(batch_size, self.dim, device=weight.device, dtype=weight.dtype)
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this condition encoder needs a time input")
