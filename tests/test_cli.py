@@ -1,0 +1,190 @@
+"""The CLI contract and bad input: one line on stderr, non-zero exit, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from molgen.targets import parse_target
+from molgen.errors import MolgenError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def molgen(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "molgen", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines, "no error message"
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.fixture()
+def env(qm9_cache: str) -> dict:
+    return {"MOLGEN_CACHE": qm9_cache, "MLFLOW_TRACKING_URI": ""}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, qm9_cache) -> dict:
+    """One tiny conditional run shared by the generate / checkpoint tests."""
+    cwd = tmp_path_factory.mktemp("trained")
+    proc = molgen("train", "--model", "diffusion", "--preset", "tiny", "--condition", "gap", cwd=cwd,
+                  env={"MOLGEN_CACHE": qm9_cache, "MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = next(line.split()[2] for line in proc.stdout.splitlines() if line.startswith("MLflow run:"))
+    return {"cwd": cwd, "run_id": run_id, "checkpoint": cwd / "outputs" / run_id / "last.pt", "stdout": proc.stdout}
+
+
+def test_version(tmp_path) -> None:
+    proc = molgen("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and "molgen" in proc.stdout
+
+
+def test_train_prints_where_to_look(trained) -> None:
+    out = trained["stdout"]
+    assert "MLflow run:" in out and "checkpoint:" in out and "samples:" in out and "sample/validity" in out
+    assert (trained["cwd"] / "mlruns.db").is_file()
+    assert (trained["cwd"] / "outputs" / trained["run_id"] / "samples.sdf").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".sdf", ".xyz", ".smi"])
+def test_generate_from_run(trained, suffix: str) -> None:
+    out = trained["cwd"] / f"gen{suffix}"
+    proc = molgen("generate", "--run", trained["run_id"], "-n", "5", "--target", "gap=7eV", "--steps", "5",
+                  "--out", str(out), cwd=trained["cwd"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and "validity" in proc.stdout and "wrote 5 molecules" in proc.stdout
+
+
+def test_generate_from_checkpoint_with_units(trained, tmp_path) -> None:
+    out = tmp_path / "x.sdf"
+    proc = molgen("generate", "--checkpoint", str(trained["checkpoint"]), "-n", "3", "--target", "gap=250meV",
+                  "--steps", "3", "--guidance", "1.5", "--n-atoms", "9", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_text().count("$$$$") == 3
+
+
+def test_data_qm9(tmp_path, env) -> None:
+    proc = molgen("data", "qm9", cwd=tmp_path, env=env)
+    assert proc.returncode == 0
+    assert "130831" in proc.stdout.replace(",", "") and "gap" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--model", "gan"], ["gan"]),
+        (["train", "--model", "diffusion", "--set", "train.nope=1"], ["unknown config key 'train.nope'"]),
+        (["train", "--model", "diffusion", "--set", "train.lr=fast"], ["train.lr", "expected a number"]),
+        (["train", "--model", "diffusion", "--set", "backbone.num_layers=2.5"], ["backbone.num_layers"]),
+        (["train", "--model", "diffusion", "--condition", "colour"], ["unknown property 'colour'"]),
+        (["train", "--model", "diffusion", "--preset", "huge"], ["unknown preset 'huge'"]),
+        (["train", "--model", "diffusion", "--config", "missing.yaml"], ["config file not found"]),
+        (["train", "--resume", "0123456789abcdef0123456789abcdef"], ["0123456789abcdef0123456789abcdef"]),
+    ],
+)
+def test_train_bad_input(args, fragments, tmp_path, env) -> None:
+    assert_one_line_error(molgen(*args, cwd=tmp_path, env=env), *fragments)
+
+
+def test_malformed_config_file(tmp_path, env) -> None:
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    assert_one_line_error(molgen("train", "--model", "diffusion", "--config", "bad.yaml", cwd=tmp_path, env=env),
+                          "malformed YAML")
+
+
+@pytest.mark.parametrize(
+    "target, fragments",
+    [
+        ("gap", ["malformed --target"]),
+        ("gap=abc", ["malformed --target"]),
+        ("colour=3", ["unknown property 'colour'"]),
+        ("gap=3D", ["unit 'D' does not fit property 'gap'"]),
+        ("gap=-4eV", ["outside the physical range"]),
+        ("mu=2", ["not trained on 'mu'", "supports: gap"]),
+    ],
+)
+def test_generate_bad_target(target, fragments, trained, tmp_path) -> None:
+    out = tmp_path / "x.sdf"
+    proc = molgen("generate", "--checkpoint", str(trained["checkpoint"]), "-n", "2", "--target", target,
+                  "--steps", "2", "--out", str(out), cwd=tmp_path)
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def test_generate_bad_n_atoms_and_outputs(trained, tmp_path) -> None:
+    ckpt = str(trained["checkpoint"])
+    assert_one_line_error(molgen("generate", "--checkpoint", ckpt, "-n", "2", "--n-atoms", "400", "--out",
+                                 str(tmp_path / "x.sdf"), cwd=tmp_path), "--n-atoms must be between")
+    assert_one_line_error(molgen("generate", "--checkpoint", ckpt, "-n", "2", "--out", str(tmp_path / "x.pdf"),
+                                 cwd=tmp_path), "--out must end in")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(molgen("generate", "--checkpoint", ckpt, "-n", "2", "--steps", "2", "--out",
+                                 str(blocker / "sub" / "x.sdf"), cwd=tmp_path), "cannot write")
+
+
+def test_missing_and_corrupted_checkpoint(tmp_path) -> None:
+    out = str(tmp_path / "x.sdf")
+    assert_one_line_error(molgen("generate", "--checkpoint", "nope.pt", "-n", "2", "--out", out, cwd=tmp_path),
+                          "checkpoint not found")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    assert_one_line_error(molgen("generate", "--checkpoint", str(bad), "-n", "2", "--out", out, cwd=tmp_path),
+                          "corrupted or unreadable checkpoint")
+    truncated = tmp_path / "truncated.pt"
+    assert_one_line_error(molgen("generate", "--run", "0" * 32, "-n", "2", "--out", out, cwd=tmp_path),
+                          "no MLflow run")
+    assert not truncated.exists() and not Path(out).exists()
+
+
+def test_parse_target_units() -> None:
+    assert parse_target("gap=6.5eV") == ("gap", 6.5)
+    assert parse_target("gap=250 meV")[1] == pytest.approx(0.25)
+    assert parse_target("homo=-0.25Ha")[1] == pytest.approx(-0.25 * 27.211386)
+    assert parse_target("mu=2.0D") == ("mu", 2.0)
+    assert parse_target("Cv=30cal/mol/K") == ("Cv", 30.0)
+    assert parse_target("alpha=75Bohr^3") == ("alpha", 75.0)
+    with pytest.raises(MolgenError):
+        parse_target("alpha=75eV")
+
+
+def test_ctrl_c_keeps_a_resumable_checkpoint(tmp_path, env) -> None:
+    """SIGINT mid-training: checkpoint written, one-line message, exit 130, --resume finishes the run."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "molgen", "train", "--model", "diffusion", "--preset", "tiny", "--steps", "100000"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+    )
+    outputs = tmp_path / "outputs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(outputs.glob("*/last.pt")):  # first periodic checkpoint
+        time.sleep(0.5)
+    assert list(outputs.glob("*/last.pt")), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    last = [line for line in stderr.strip().splitlines() if line.strip()][-1]
+    assert "interrupted at step" in last and "--resume" in last
+    run_id = last.split("--resume ")[1].strip()
+    assert not list(outputs.glob("*/.*.tmp"))  # nothing half-written
+    resumed = molgen("train", "--resume", run_id, "--steps", "30", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"MLflow run:  {run_id}" in resumed.stdout  # same MLflow run continued
