@@ -68,7 +68,7 @@ def train(model, config_path, set_items, preset, condition, split, steps, epochs
         cfg = resolve_config(model, family.config_cls, config_path=config_path, preset=preset,
                              overrides=deep_update(overrides, flags))
         result = run_training(cfg, tracking_uri=tracking_uri)
-    if result.run_id is None:  # a non-zero DDP rank
+    if not result.is_main:  # DDP ranks > 0 stay quiet
         return
     from molgen.tracking import resolve_tracking_uri
 

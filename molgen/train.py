@@ -47,6 +47,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     samples_sdf: Path | None = None
     interrupted: bool = False
+    is_main: bool = True
 
 
 class _StopFlag:
@@ -281,8 +282,8 @@ class Trainer:
         if interrupted:
             self.tracker.finish("KILLED")
             dist_utils.teardown(self.info)
-            return TrainResult(self.run_id, path, self.step, interrupted=True)
-        result = TrainResult(self.run_id, path, self.step)
+            return TrainResult(self.run_id, path, self.step, interrupted=True, is_main=self.info.is_main)
+        result = TrainResult(self.run_id, path, self.step, is_main=self.info.is_main)
         if self.info.is_main:
             result = self._finish(path)
         self.tracker.finish("FINISHED")
