@@ -6,7 +6,6 @@ User errors (:class:`molgen.errors.MolgenError`) become one line on stderr and a
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -135,7 +134,7 @@ def data_qm9(cache_dir, rebuild) -> None:
 @click.option("--port", type=int, default=5000, show_default=True)
 def ui(tracking_uri, port) -> None:
     """Start the MLflow UI on 127.0.0.1 for the run store."""
-    from molgen.tracking import launch_ui
+    from molgen.ui import launch_ui
 
     sys.exit(launch_ui(tracking_uri, port=port))
 

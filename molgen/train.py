@@ -227,6 +227,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainResult:
+        """Train to the configured number of steps; a crash marks the MLflow run FAILED (KILLED on abort)."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self.tracker.finish("KILLED")
+            raise
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+
+    def _run(self) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.train
         batches = _cycle(self.loader, self.sampler, self.epoch)
         bar = None
@@ -257,7 +268,7 @@ class Trainer:
                 seen += batch.num_graphs
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 if self.step % tc.log_every == 0 or self.step == self.total_steps:
                     dt = time.time() - t0
                     self._record({

@@ -4,14 +4,7 @@
 # them, and log everything to the local MLflow store (./mlruns.db + ./mlartifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${MOLGEN_VENV:-.venv}"
-if [ ! -x "$VENV/bin/molgen" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "torch==2.13.0"
-  "$VENV/bin/pip" install --quiet -e ".[test]"
-fi
-export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
+source scripts/setup_env.sh
 MOLGEN="$VENV/bin/molgen"
 log="$(mktemp)"
 "$MOLGEN" train --model diffusion --preset demo --condition gap "$@" | tee "$log"

@@ -19,8 +19,8 @@ from molgen.tracking import (
     flatten_params,
     get_run,
     resolve_tracking_uri,
-    ui_command,
 )
+from molgen.ui import ui_command
 from tests.mlflow_server import mlflow_server_uri  # noqa: F401  (session fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -240,9 +240,12 @@ class EquivariantDiffusion(Generator):
         zh = self._randn((N, self.feat_dim), gen)
         iterator = range(steps - 1, -1, -1)
         if progress:
+            import sys
+
             from tqdm import tqdm
 
-            iterator = tqdm(iterator, total=steps, desc="sampling", leave=False)
+            iterator = tqdm(iterator, total=steps, desc="sampling", leave=False,
+                            mininterval=0.5 if sys.stderr.isatty() else 30.0)
         for i in iterator:
             s = torch.full((B,), i / steps, device=device)
             t = torch.full((B,), (i + 1) / steps, device=device)
