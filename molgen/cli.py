@@ -114,6 +114,25 @@ def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, devi
     _print_metrics({k: v for k, v in report.items() if k != "n"})
 
 
+@cli.command()
+@click.option("--run", "run_id", required=True, help="MLflow run id of a trained model.")
+@click.option("-n", "n", type=int, default=1000, show_default=True, help="Molecules to sample and score.")
+@click.option("--steps", type=int, help="Sampling steps (default: the model's).")
+@click.option("--nll-molecules", type=int, default=1000, show_default=True,
+              help="Test molecules for the NLL estimate (0: skip).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--tracking-uri", help="MLflow tracking URI.")
+def evaluate(run_id, n, steps, nll_molecules, seed, device, tracking_uri) -> None:
+    """Sample from a trained run, score the samples and the test NLL, log them into the run."""
+    from molgen.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
+                           tracking_uri=tracking_uri, device=device)
+    click.echo(f"logged into MLflow run {run_id}:")
+    _print_metrics(metrics)
+
+
 @cli.group()
 def data() -> None:
     """Inspect datasets."""

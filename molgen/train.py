@@ -26,6 +26,7 @@ from torch_geometric.loader import DataLoader
 from molgen import distributed as dist_utils
 from molgen.checkpoint import load_checkpoint, save_checkpoint
 from molgen.config import RunConfig, build_run_config
+from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
 from molgen.data.qm9 import load_qm9
 from molgen.ema import EMA
@@ -128,7 +129,8 @@ class Trainer:
         )
         self.train_graphs = make_graphs(data, idx["train"], self.stats)
         self.valid_graphs = make_graphs(data, idx["valid"][: cfg.train.val_batches * cfg.train.batch_size], self.stats)
-        self.train_smiles = {data.smiles[i] for i in idx["train"].tolist()}
+        canonical = canonical_qm9_smiles(data, cfg.data.cache_dir)
+        self.train_smiles = {canonical[i] for i in idx["train"].tolist()} - {None}
         if len(self.train_graphs) < cfg.train.batch_size * self.info.world_size:
             raise MolgenError(f"only {len(self.train_graphs)} training molecules for batch size {cfg.train.batch_size}")
 

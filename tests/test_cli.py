@@ -188,3 +188,15 @@ def test_ctrl_c_keeps_a_resumable_checkpoint(tmp_path, env) -> None:
     resumed = molgen("train", "--resume", run_id, "--steps", "30", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"MLflow run:  {run_id}" in resumed.stdout  # same MLflow run continued
+
+
+def test_evaluate_logs_into_the_run(trained) -> None:
+    proc = molgen("evaluate", "--run", trained["run_id"], "-n", "6", "--steps", "3", "--nll-molecules", "16",
+                  cwd=trained["cwd"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "eval/validity" in proc.stdout and "eval/test_nll" in proc.stdout
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{trained['cwd']}/mlruns.db").get_run(trained["run_id"])
+    assert "eval/test_nll" in run.data.metrics and "eval/novelty" in run.data.metrics
+    assert run.info.status == "FINISHED"
