@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def load_model(run_id: str | None = None, checkpoint: str | None = None, *, trac
         raise MolgenError(f"cannot use device '{device}': {exc}") from None
 
 
+def warn_unusual_targets(model: Generator, cond: dict[str, float]) -> None:
+    """Warn (one line each) about targets outside the central 99 % of the model's training data."""
+    stats = model.stats
+    for name, value in cond.items():
+        if name in stats.properties and stats.low:
+            j = stats.properties.index(name)
+            if not stats.low[j] <= value <= stats.high[j]:
+                print(f"warning: target {name}={value:g} is outside the central 99% of the training data "
+                      f"[{stats.low[j]:.4g}, {stats.high[j]:.4g}]; expect poor accuracy", file=sys.stderr)
+
+
 def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, targets: list[str],
                        n_atoms: int | None, guidance: float | None, steps: int | None, seed: int,
                        device: str, tracking_uri: str | None, out: str) -> dict[str, float]:
@@ -57,6 +69,7 @@ def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, ta
         raise MolgenError("-n must be at least 1")
     cond = parse_targets(targets)
     model = load_model(run_id, checkpoint, tracking_uri=tracking_uri, device=device)
+    warn_unusual_targets(model, cond)
     mols = model.sample(n, cond=cond or None, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
                         progress=True)
     write_molecules(mols, out)

@@ -7,8 +7,11 @@ and, optionally, bf16 autocast). Prints a Markdown table; ``--json`` also writes
 
 Usage::
 
-    python scripts/bench_backbone.py [--batch-size 128] [--iters N] [--warmup N]
-        [--device auto|cpu|cuda] [--threads N] [--no-bf16] [--json OUT]
+    python scripts/bench_backbone.py [--batch-size 128] [--iters 10] [--warmup 2]
+        [--device auto|cpu|cuda] [--threads N] [--no-bf16] [--seed 0] [--cache-dir DIR] [--json OUT]
+
+``--device auto`` (the default) measures the CPU and, if ``torch.cuda.is_available()``, CUDA too.
+The default invocation takes about a minute of CPU time per backbone on a 2-core machine.
 
 What is measured:
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -51,6 +55,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +71,6 @@ from molgen.nn.backbone import EquivariantBackbone
 
 #: Width of the node input: one-hot atom types + one formal-charge channel.
 NODE_IN_DIM = len(ELEMENTS) + 1
-#: Default timed / warm-up iterations per device type (the CPU ones keep the default run short).
-DEFAULT_ITERS = {"cpu": 5, "cuda": 10}
-DEFAULT_WARMUP = {"cpu": 2, "cuda": 2}
 MIB = 1024.0**2
 
 
@@ -217,6 +219,7 @@ def _measure_case(case: Case, opts: Options, cpu_batches: list[InputBatch]) -> R
     batches = [b.to_case(device, case.backbone.cond_dim, gen) for b in cpu_batches[: opts.warmup + opts.iters]]
 
     # memory baselines, taken after the data is loaded and before the model exists
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     rss_before = peak_rss_bytes()
@@ -285,8 +288,12 @@ def _measure_case(case: Case, opts: Options, cpu_batches: list[InputBatch]) -> R
 
 def run_case_isolated(case: Case, opts: Options, cpu_batches: list[InputBatch]) -> Result:
     """Run :func:`run_case` in a fresh spawned process, so its peak RSS is its own."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(run_case, case, opts, cpu_batches).result()
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(run_case, case, opts, cpu_batches).result()
+    except BrokenProcessPool as exc:  # the worker died (e.g. killed when out of memory)
+        return Result(case.name, case.device, case.precision, opts.iters, opts.warmup,
+                      error=f"worker process died: {exc}")
 
 
 # --------------------------------------------------------------------------- reporting
@@ -319,6 +326,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def load_average() -> float | None:
+    """1-minute system load average (other work on the machine skews CPU timings), if known."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def describe_data(batches: list[InputBatch], batch_size: int) -> dict[str, Any]:
     """Sizes of the benchmark batches (for the report header and the JSON)."""
     return {
@@ -335,23 +350,24 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 
 def format_report(command: str, date: str, machine: dict[str, Any], data: dict[str, Any],
-                  opts_by_device: dict[str, Options], results: list[Result]) -> str:
+                  opts: Options, results: list[Result]) -> str:
     """The Markdown report: a header (command, machine, date, data, method) and one row per case."""
     gpu = f", GPU {machine['gpu']}" if machine["gpu"] else ", no GPU"
+    load = machine["load_avg_1min"]
+    load_text = " -> ".join("?" if x is None else f"{x:.2f}" for x in (load["start"], load["end"]))
     lines = [
         f"command: `{command}`",
         f"machine: {machine['cpu_count']} CPUs, {machine['cpu']} ({machine['arch']}), {machine['platform']}, "
         f"Python {machine['python']}, torch {machine['torch']}, torch threads {machine['torch_threads']}{gpu}",
-        f"date: {date}",
+        f"date: {date}; 1-min load average at start -> end: {load_text} (on {machine['cpu_count']} CPUs)",
         f"data: {data['source']}: {data['num_batches']} batches of {data['batch_size']} molecules, "
         f"mean {statistics.mean(data['atoms_per_batch']):,.0f} atoms and "
         f"{statistics.mean(data['edges_per_batch']):,.0f} directed edges (fully connected) per batch; "
         f"node input = one-hot atom type (5) + formal charge (1); random condition vector",
     ]
-    for dev, o in opts_by_device.items():
-        lines.append(f"timing ({dev}): {o.warmup} warm-up + median of {o.iters} timed iterations per mode; "
-                     "fwd+bwd loss = sum of all outputs, no optimizer step")
     lines += [
+        f"timing: {opts.warmup} warm-up + median of {opts.iters} timed iterations per mode; "
+        "fwd+bwd loss = sum of all outputs, no optimizer step; data loading/collation not timed",
         "memory: cpu = increase of the process peak RSS (ru_maxrss) over its value before the model was built "
         "(fresh process per case); cuda = torch.cuda.max_memory_allocated (absolute)",
         "",
@@ -378,12 +394,8 @@ def format_report(command: str, date: str, machine: dict[str, Any], data: dict[s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128, help="molecules per batch (default 128)")
-    parser.add_argument("--iters", type=int, default=None,
-                        help=f"timed iterations per mode (default {DEFAULT_ITERS['cpu']} on CPU, "
-                             f"{DEFAULT_ITERS['cuda']} on CUDA)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help=f"warm-up iterations per mode (default {DEFAULT_WARMUP['cpu']} on CPU, "
-                             f"{DEFAULT_WARMUP['cuda']} on CUDA)")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per mode (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up iterations per mode (default 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (default): CPU, plus CUDA when torch.cuda.is_available()")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -397,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.warmup is not None and args.warmup < 0:
+    if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
@@ -425,25 +437,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *shown_args])
     date = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     machine = machine_info()
+    machine["load_avg_1min"] = {"start": load_average(), "end": None}
 
     cases = list(build_cases(args))
-    opts_by_device = {
-        device: Options(
-            batch_size=args.batch_size,
-            iters=args.iters if args.iters is not None else DEFAULT_ITERS[device],
-            warmup=args.warmup if args.warmup is not None else DEFAULT_WARMUP[device],
-            threads=args.threads,
-            seed=args.seed,
-        )
-        for device in dict.fromkeys(c.device for c in cases)
-    }
-    num_batches = max(o.warmup + o.iters for o in opts_by_device.values())
-    batches = load_batches(args.batch_size, num_batches, args.seed, args.cache_dir)
+    opts = Options(args.batch_size, args.iters, args.warmup, args.threads, args.seed)
+    batches = load_batches(args.batch_size, args.warmup + args.iters, args.seed, args.cache_dir)
     data = describe_data(batches, args.batch_size)
 
     results: list[Result] = []
     for case in cases:
-        opts = opts_by_device[case.device]
         print(f"[bench] {case.name} backbone, {case.device}, {case.precision} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         if case.device == "cpu":
@@ -454,14 +456,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench]   {status} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
         results.append(result)
 
-    print(format_report(command, date, machine, data, opts_by_device, results))
+    machine["load_avg_1min"]["end"] = load_average()
+    print(format_report(command, date, machine, data, opts, results))
     if args.json:
         payload = {
             "command": command,
             "date": date,
             "machine": machine,
             "data": data,
-            "settings": {dev: dataclasses.asdict(o) for dev, o in opts_by_device.items()},
+            "settings": dataclasses.asdict(opts),
             "backbones": {c.name: dataclasses.asdict(c.backbone) for c in cases},
             "results": [dataclasses.asdict(r) for r in results],
         }

@@ -200,3 +200,10 @@ def test_evaluate_logs_into_the_run(trained) -> None:
     run = MlflowClient(f"sqlite:///{trained['cwd']}/mlruns.db").get_run(trained["run_id"])
     assert "eval/test_nll" in run.data.metrics and "eval/novelty" in run.data.metrics
     assert run.info.status == "FINISHED"
+
+
+def test_generate_warns_outside_central_99_percent(trained, tmp_path) -> None:
+    proc = molgen("generate", "--checkpoint", str(trained["checkpoint"]), "-n", "2", "--steps", "2",
+                  "--target", "gap=25eV", "--out", str(tmp_path / "x.sdf"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "outside the central 99%" in proc.stderr

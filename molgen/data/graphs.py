@@ -26,12 +26,15 @@ class DatasetStats:
         n_atoms_hist: counts of molecules by atom count (index = atom count).
         properties: names of the conditioning properties, in column order.
         mean, std: per-property normalization in user units.
+        low, high: per-property 0.5 % and 99.5 % quantiles (the central 99 % of the training data).
     """
 
     n_atoms_hist: list[int]
     properties: list[str] = field(default_factory=list)
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
 
     @property
     def max_atoms(self) -> int:
@@ -60,7 +63,8 @@ class DatasetStats:
         return torch.log(probs[idx].clamp(min=1e-30)).to(torch.float32)
 
     def to_dict(self) -> dict:
-        return {"n_atoms_hist": self.n_atoms_hist, "properties": self.properties, "mean": self.mean, "std": self.std}
+        return {"n_atoms_hist": self.n_atoms_hist, "properties": self.properties, "mean": self.mean,
+                "std": self.std, "low": self.low, "high": self.high}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetStats":
@@ -89,12 +93,14 @@ def compute_stats(data: QM9Data, train_idx: torch.Tensor, properties: Sequence[s
     n = data.n_atoms[train_idx]
     hist = torch.bincount(n, minlength=int(data.n_atoms.max()) + 1).tolist()
     names = [get_property(p).name for p in properties]
-    mean, std = [], []
+    mean, std, low, high = [], [], [], []
     for name in names:
         values = data.property(name)[train_idx].double()
         mean.append(float(values.mean()))
         std.append(float(values.std().clamp(min=1e-8)))
-    return DatasetStats(n_atoms_hist=hist, properties=names, mean=mean, std=std)
+        low.append(float(torch.quantile(values, 0.005)))
+        high.append(float(torch.quantile(values, 0.995)))
+    return DatasetStats(n_atoms_hist=hist, properties=names, mean=mean, std=std, low=low, high=high)
 
 
 def make_graphs(data: QM9Data, indices: torch.Tensor, stats: DatasetStats) -> list[Data]:
