@@ -11,7 +11,7 @@ Usage::
         [--device auto|cpu|cuda] [--threads N] [--no-bf16] [--seed 0] [--cache-dir DIR] [--json OUT]
 
 ``--device auto`` (the default) measures the CPU and, if ``torch.cuda.is_available()``, CUDA too.
-The default invocation takes about a minute of CPU time per backbone on a 2-core machine.
+The default invocation (CPU only) takes about one minute on an idle 2-core machine.
 
 What is measured:
 

@@ -112,3 +112,13 @@ def test_loss_invariant_under_rotation_and_translation(name: str, qm9) -> None:
     finally:
         torch.randn_like = orig_randn_like
     assert torch.allclose(loss_a, loss_b, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_loss_under_bf16_autocast(name: str, qm9) -> None:
+    """The mixed-precision path the training loop uses on CUDA, exercised with CPU autocast."""
+    model, batch, _, _ = _setup(name, qm9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(batch)["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -28,7 +28,7 @@ from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
 from molgen.models.base import Generator, Targets
 from molgen.models.registry import register
-from molgen.nn.backbone import EquivariantBackbone
+from molgen.nn.backbone import EquivariantBackbone, fp32
 from molgen.nn.conditioning import ConditionEncoder
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import vp
@@ -71,8 +71,8 @@ class EpsNetwork(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         c = self.cond(num_graphs, t, y, y_mask)
         out = self.backbone(zh, zx, batch, c, num_graphs=num_graphs)
-        eps_x = self.head_x(out.vectors.reshape(out.vectors.shape[0], -1))
-        return remove_mean(eps_x, batch, num_graphs), self.head_h(out.scalars)
+        eps_x = fp32(self.head_x, out.vectors.reshape(out.vectors.shape[0], -1))
+        return remove_mean(eps_x, batch, num_graphs), self.head_h(out.scalars).float()
 
 
 @register("diffusion")

@@ -58,6 +58,14 @@ class GaussianRBF(nn.Module):
         return torch.exp(-self.gamma * (d[:, None] - self.centers[None, :]) ** 2)
 
 
+def fp32(module: nn.Module, x: Tensor) -> Tensor:
+    """Run an e3nn module in float32 even under autocast (its tensordot kernels need matching dtypes)."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return module(x.float())
+    return module(x)
+
+
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
 
@@ -124,7 +132,7 @@ class EquivariantConv(nn.Module):
         agg = [scatter(m, dst, dim=0, dim_size=N, reduce="sum") for m in (m_ss, m_vv, m_sv, m_vs)]
         vec = torch.cat([agg[2], agg[3]], dim=1).reshape(N, 6 * V)
         msg = torch.cat([agg[0], agg[1], vec], dim=-1) / deg.sqrt()[:, None]
-        out = self.gate(self.mix(msg)) + self.self_mix(x)
+        out = self.gate(fp32(self.mix, msg)) + fp32(self.self_mix, x)
         s, v = out[:, :F], out[:, F:].reshape(-1, V, 3)
         # normalization: LayerNorm on scalars, RMS over vector channels (rotation invariant)
         s = self.norm(s)
