@@ -133,6 +133,31 @@ def evaluate(run_id, n, steps, nll_molecules, seed, device, tracking_uri) -> Non
     _print_metrics(metrics)
 
 
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option("--reference", default="qm9", show_default=True, help="qm9, moses, or a molecule file.")
+@click.option("--train", "train_file", type=click.Path(dir_okay=False), help="Training molecules for novelty (with a file reference).")
+@click.option("--n", "n", type=int, help="Score only the first N molecules.")
+@click.option("--column", help="SMILES column of a CSV (default: auto-detected).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics as a flat JSON object.")
+@click.option("--name", help="MLflow run name (default: the file name).")
+@click.option("--jobs", type=int, default=2, show_default=True, help="Worker processes for RDKit features.")
+@click.option("--tracking-uri", help="MLflow tracking URI.")
+def benchmark(file, reference, train_file, n, column, out, name, jobs, tracking_uri) -> None:
+    """Score a generator's molecules (SMILES/CSV/SDF/XYZ) with the field's metrics."""
+    from molgen.report import log_benchmark, write_json
+    from molgen.metrics.suite import run_benchmark
+
+    report = run_benchmark(file, reference=reference, train=train_file, n=n, column=column, n_jobs=jobs)
+    click.echo(f"{file}: {report.read.n_total} records ({report.read.format}), reference {reference}")
+    _print_metrics(report.metrics)
+    if out:
+        write_json(report.metrics, out)
+        click.echo(f"wrote {out}")
+    run_id = log_benchmark(report, file, name=name, tracking_uri=tracking_uri)
+    click.echo(f"MLflow run: {run_id}")
+
+
 @cli.group()
 def data() -> None:
     """Inspect datasets."""
