@@ -6,5 +6,8 @@ if [ ! -x "$VENV/bin/molgen" ]; then
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet "torch==2.13.0"
   "$VENV/bin/pip" install --quiet -e ".[test]"
+  # MOSES reference data (train/test SMILES, FCD statistics, filters); its pinned dependencies do
+  # not install on current Python and molgen never imports it, so it comes without them.
+  "$VENV/bin/pip" install --quiet --no-deps "molsets==0.3.1"
 fi
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
