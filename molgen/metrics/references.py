@@ -3,8 +3,8 @@
 ``pip install --no-deps molsets`` ships, under ``moses/dataset/data/``:
 
 - ``train.csv.gz`` (1,584,663 SMILES), ``test.csv.gz`` (176,074), ``test_scaffolds.csv.gz``
-  (176,226): one ``SMILES`` column (``test_scaffolds`` holds molecules whose Bemis–Murcko scaffolds
-  do not occur in train);
+  (176,225): one ``SMILES`` column (``test_scaffolds`` holds molecules whose Bemis–Murcko
+  scaffolds do not occur in train);
 - ``test_stats.npz`` / ``test_scaffolds_stats.npz``: the statistics MOSES precomputed for its
   published tables (``moses.metrics.compute_intermediate_statistics``): ChemNet ``mu``/``sigma``
   (``fcd_torch``), Morgan fingerprints, BRICS fragment and scaffold counters, logP/SA/QED/weight
@@ -76,7 +76,8 @@ def _data_file(name: str) -> Path:
 def moses_split_path(split: str) -> Path:
     """Path of the gzipped CSV of one split (``train``, ``test`` or ``test_scaffolds``)."""
     if split not in MOSES_SPLITS:
-        raise MolgenError(f"unknown MOSES split {split!r}; expected one of {', '.join(MOSES_SPLITS)}")
+        expected = ", ".join(MOSES_SPLITS)
+        raise MolgenError(f"unknown MOSES split {split!r}; expected one of {expected}")
     return _data_file(f"{split}.csv.gz")
 
 
@@ -143,7 +144,7 @@ class MosesReference:
     Attributes:
         train: 1,584,663 training SMILES (Novelty is measured against these).
         test: 176,074 test SMILES ("/Test" metrics).
-        test_scaffolds: 176,226 scaffold-split test SMILES ("/TestSF" metrics).
+        test_scaffolds: 176,225 scaffold-split test SMILES ("/TestSF" metrics).
         fcd_test: ChemNet statistics of ``test``.
         fcd_test_scaffolds: ChemNet statistics of ``test_scaffolds``.
         data_dir: the folder the files were read from.
