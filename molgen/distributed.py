@@ -37,6 +37,10 @@ def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
             device = torch.device(f"cuda:{info.local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif info.enabled and "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks share the cores: oversubscribed OpenMP threads slow each rank down many times
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(info.world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if info.enabled and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device
