@@ -391,3 +391,25 @@ def test_qm9_edm_validity_random_subset(qm9) -> None:
     metrics = basic_metrics(mols)
     assert metrics["validity"] >= 0.95, metrics
     assert metrics["uniqueness"] >= 0.99, metrics
+
+
+def test_generated_bonds_and_missing_structure() -> None:
+    """A family's own bonds override EDM's distance rule; no bonds and no coordinates is invalid."""
+    import numpy as np
+
+    from molgen.chem.build import build_mol, mol_to_smiles, sanitize
+    from molgen.chem.elements import Molecule3D
+    from molgen.chem.stability import stability_counts
+    from molgen.metrics.basic import basic_metrics
+
+    # water with the hydrogens 5 Å away: the distance rule finds no bond, the given bonds do
+    far = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    bonds = np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]])
+    water = Molecule3D(atom_types=np.array([3, 0, 0]), positions=far, bonds=bonds)
+    assert mol_to_smiles(water) == "O"
+    assert stability_counts([water]) == {"atom_stability": 1.0, "mol_stability": 1.0}
+    # a structure-less molecule (e.g. an unparsable SMILES) is invalid, not three isolated atoms
+    lost = Molecule3D(atom_types=np.array([3, 0, 0]), positions=np.full((3, 3), np.nan))
+    assert sanitize(build_mol(lost)) == (None, "no_structure")
+    m = basic_metrics([water, lost])
+    assert m["validity"] == 0.5 and m["mol_stability"] == 0.5 and m["atom_stability"] == 0.5

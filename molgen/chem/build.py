@@ -30,7 +30,20 @@ from molgen.chem.elements import ATOMIC_NUMBERS, Molecule3D
 _BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 
 #: Short categories returned by :func:`sanitize` for a molecule RDKit rejects.
-INVALID_REASONS: tuple[str, ...] = ("empty", "valence", "kekulize", "other")
+INVALID_REASONS: tuple[str, ...] = ("empty", "no_structure", "valence", "kekulize", "other")
+_NO_STRUCTURE = "molgen_no_structure"
+
+
+def bond_matrix(mol: Molecule3D) -> np.ndarray | None:
+    """The molecule's bond orders: generated ones if it has them, else EDM's rule on its positions.
+
+    Returns ``None`` when there are neither bonds nor usable coordinates (no structure).
+    """
+    if mol.bonds is not None:
+        return np.asarray(mol.bonds)
+    if not mol.has_coordinates:
+        return None
+    return bond_order_matrix(mol.atom_types, mol.positions)
 
 
 def build_mol(mol: Molecule3D, bonds: np.ndarray | None = None) -> Chem.Mol:
@@ -38,8 +51,9 @@ def build_mol(mol: Molecule3D, bonds: np.ndarray | None = None) -> Chem.Mol:
 
     Args:
         mol: the molecule; ``atom_types`` ``[n]``, ``positions`` ``[n, 3]`` Å, optional ``charges``.
-        bonds: ``[n, n]`` symmetric bond orders (0..3); inferred with
-            :func:`~molgen.chem.bonds.bond_order_matrix` when ``None``.
+        bonds: ``[n, n]`` symmetric bond orders (0..3); default :func:`bond_matrix` (the
+            molecule's own bonds, else EDM's rule). A molecule without any structure is built
+            without bonds and marked so that :func:`sanitize` rejects it as ``no_structure``.
 
     Returns:
         An unsanitized :class:`rdkit.Chem.Mol` (call :func:`sanitize` before most RDKit uses).
@@ -47,8 +61,13 @@ def build_mol(mol: Molecule3D, bonds: np.ndarray | None = None) -> Chem.Mol:
     types = np.asarray(mol.atom_types, dtype=np.int64).reshape(-1)
     pos = np.asarray(mol.positions, dtype=np.float64).reshape(-1, 3)
     n = len(types)
+    no_structure = False
     if bonds is None:
-        bonds = bond_order_matrix(types, pos)
+        bonds = bond_matrix(mol)
+    if bonds is None:
+        no_structure, bonds = True, np.zeros((n, n), dtype=np.int64)
+    if not np.isfinite(pos).all():
+        pos = np.zeros_like(pos)  # no coordinates: an all-zero conformer (a valid, 0D mol block)
     bonds = np.asarray(bonds)
     if bonds.shape != (n, n):
         raise ValueError(f"bonds must have shape ({n}, {n}), got {bonds.shape}")
@@ -71,7 +90,10 @@ def build_mol(mol: Molecule3D, bonds: np.ndarray | None = None) -> Chem.Mol:
     for i, (x, y, z) in enumerate(pos.tolist()):
         conf.SetAtomPosition(i, Point3D(x, y, z))
     rw.AddConformer(conf, assignId=True)
-    return rw.GetMol()
+    out = rw.GetMol()
+    if no_structure:
+        out.SetBoolProp(_NO_STRUCTURE, True)
+    return out
 
 
 def sanitize(m: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
@@ -82,11 +104,14 @@ def sanitize(m: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
 
     Returns:
         ``(sanitized_mol, None)`` on success, else ``(None, reason)`` with ``reason`` one of
-        :data:`INVALID_REASONS`: ``"empty"`` (no atoms), ``"valence"`` (an atom has more bonds
+        :data:`INVALID_REASONS`: ``"empty"`` (no atoms), ``"no_structure"`` (neither bonds nor
+        coordinates, see :func:`build_mol`), ``"valence"`` (an atom has more bonds
         than allowed), ``"kekulize"`` (an aromatic system RDKit cannot kekulize), ``"other"``.
     """
     if m.GetNumAtoms() == 0:
         return None, "empty"
+    if m.HasProp(_NO_STRUCTURE):
+        return None, "no_structure"
     out = Chem.Mol(m)
     _block = BlockLogs()  # noqa: F841 — silences RDKit's stderr messages while alive
     try:
@@ -134,7 +159,7 @@ def mol_to_smiles(mol3d: Molecule3D, *, explicit_hydrogens: bool = False) -> str
     """Canonical largest-fragment SMILES of a 3D molecule, or ``None`` if it is invalid.
 
     Args:
-        mol3d: the molecule; bonds are inferred with the EDM rule.
+        mol3d: the molecule; its own bonds, else bonds inferred with the EDM rule.
         explicit_hydrogens: see :func:`largest_fragment_smiles`.
     """
     m, _ = sanitize(build_mol(mol3d))

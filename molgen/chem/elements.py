@@ -20,12 +20,26 @@ class Molecule3D:
         positions: ``[n, 3]`` float coordinates in Ångström.
         charges: ``[n]`` int formal charges, or ``None`` (treated as all zero).
         properties: graph-level values in user units (targets, oracle predictions, ...).
+        bonds: ``[n, n]`` symmetric bond orders (0..3) when the family generated a graph (``vae``,
+            ``smiles-ar``); ``None``: bonds are inferred from the positions by EDM's rule.
+        smiles: the string a SMILES model emitted, valid or not (``None`` for other families).
+
+    A molecule whose structure could not be produced (an unparsable SMILES, a failed conformer
+    embedding) keeps its atoms with non-finite ``positions``; with no ``bonds`` it counts as
+    invalid (reason ``no_structure``), never as a set of isolated atoms.
     """
 
     atom_types: np.ndarray
     positions: np.ndarray
     charges: np.ndarray | None = None
     properties: dict[str, float] = field(default_factory=dict)
+    bonds: np.ndarray | None = None
+    smiles: str | None = None
+
+    @property
+    def has_coordinates(self) -> bool:
+        """Whether ``positions`` are usable 3D coordinates (all finite)."""
+        return self.num_atoms > 0 and bool(np.isfinite(np.asarray(self.positions, dtype=float)).all())
 
     @property
     def num_atoms(self) -> int:

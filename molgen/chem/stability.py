@@ -108,7 +108,7 @@ def stability_counts(mols: Iterable[Molecule3D], use_charges: bool = False) -> d
     EDM's ``analyze_stability_for_molecules``: atom stability is pooled over all atoms.
 
     Args:
-        mols: molecules; positions in Å.
+        mols: molecules; positions in Å (their own ``bonds`` when they have them).
         use_charges: take each molecule's ``charges`` into account (see module docstring). The
             default ``False`` is the published protocol.
 
@@ -116,10 +116,18 @@ def stability_counts(mols: Iterable[Molecule3D], use_charges: bool = False) -> d
         ``{"atom_stability": stable atoms / all atoms, "mol_stability": stable molecules / all
         molecules}``; both 0.0 for an empty input.
     """
+    from molgen.chem.build import bond_matrix
+
     stable_atoms = n_atoms = stable_mols = n_mols = 0
     for mol in mols:
         charges = mol.charges if use_charges else None
-        k, n, ok = molecule_stability(mol.atom_types, mol.positions, charges)
+        bonds = bond_matrix(mol)
+        if bonds is None:  # no structure: every atom unstable
+            k, n, ok = 0, mol.num_atoms, False
+        else:
+            stable = atom_stability_from_bonds(mol.atom_types, bonds, charges)
+            k, n = int(stable.sum()), len(stable)
+            ok = bool(n > 0 and k == n)
         stable_atoms += k
         n_atoms += n
         stable_mols += ok

@@ -17,8 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from molgen.chem.bonds import bond_order_matrix
-from molgen.chem.build import build_mol, largest_fragment_smiles, num_fragments, sanitize
+from molgen.chem.build import bond_matrix, build_mol, largest_fragment_smiles, num_fragments, sanitize
 from molgen.chem.elements import Molecule3D
 from molgen.chem.stability import atom_stability_from_bonds
 
@@ -37,7 +36,9 @@ class _Assessment:
 
 
 def _assess(mol: Molecule3D, explicit_hydrogens: bool) -> _Assessment:
-    bonds = bond_order_matrix(mol.atom_types, mol.positions)
+    bonds = bond_matrix(mol)
+    if bonds is None:  # no structure (see Molecule3D): invalid, every atom unstable
+        return _Assessment(mol.num_atoms, 0, None, "no_structure", False)
     stable = atom_stability_from_bonds(mol.atom_types, bonds)
     m, reason = sanitize(build_mol(mol, bonds))
     if m is None:
