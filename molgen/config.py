@@ -244,6 +244,24 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def _preset_layers(preset: dict[str, Any], model: str, path: Path) -> list[dict[str, Any]]:
+    """A preset's shared sections, then its ``families: {<model>: {...}}`` entry as ``family:``.
+
+    Presets serve every family, but family options differ, so a preset's family options are
+    given per family under ``families:``; families it does not list keep their own defaults.
+    """
+    preset = dict(preset)
+    per_family = preset.pop("families", None) or {}
+    if not isinstance(per_family, dict):
+        raise MolgenError(f"{path}: 'families' must map family names to their options")
+    if "family" in preset:
+        raise MolgenError(f"{path}: a preset gives family options under 'families: {{<model>: ...}}'")
+    layers = [preset]
+    if per_family.get(model):
+        layers.append({"family": per_family[model]})
+    return layers
+
+
 def resolve_config(
     model: str,
     family_cls: type,
@@ -262,7 +280,7 @@ def resolve_config(
         if not preset_path.is_file():
             choices = ", ".join(available_presets()) or "none found"
             raise MolgenError(f"unknown preset '{preset}' (choose from: {choices})")
-        layers.append(read_yaml(preset_path))
+        layers.extend(_preset_layers(read_yaml(preset_path), model, preset_path))
     if config_path is not None:
         layers.append(read_yaml(config_path))
     if overrides:
