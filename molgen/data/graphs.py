@@ -1,7 +1,8 @@
 """From QM9 tensors to torch-geometric graphs, and the training-set statistics a model keeps.
 
 A molecule graph is a ``torch_geometric.data.Data`` with ``pos [n, 3]`` (Å), ``atom_types [n]``,
-``charges [n]``, ``y [1, P]`` (properties normalized with training statistics) and ``y_mask [1, P]``.
+``charges [n]``, ``y [1, P]`` (properties normalized with training statistics), ``y_mask [1, P]`` and
+``smiles`` (the source SMILES string; a batch holds the list of them, for the 2D families).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def make_graphs(data: QM9Data, indices: torch.Tensor, stats: DatasetStats) -> li
                 charges=data.charges[a:b],
                 y=y_all[k : k + 1],
                 y_mask=torch.ones_like(y_all[k : k + 1]),
+                smiles=data.smiles[i],
                 num_nodes=b - a,
             )
         )
