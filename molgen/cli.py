@@ -101,14 +101,26 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tracking-uri", help="MLflow tracking URI (for --run).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .sdf, .xyz or .smi.")
-def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, out) -> None:
-    """Generate molecules from a trained model and score what was written."""
+@click.option("--tol", multiple=True, metavar="PROP=VALUE[UNIT]",
+              help="Hit-rate tolerance per target (defaults: alpha=1Bohr3 gap=0.2eV homo=0.1eV lumo=0.2eV mu=0.3D Cv=0.5).")
+@click.option("--scaffold", metavar="SMILES", help="Scaffold the molecules should contain (families that support it).")
+@click.option("--sample-opt", "sample_opts", multiple=True, metavar="KEY=VALUE",
+              help="Family sampler option, e.g. temperature=0.8, sampler=ode, composition=product (repeatable).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .sdf, .xyz, .smi or .csv.")
+def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, tol, scaffold,
+             sample_opts, out) -> None:
+    """Generate molecules from a trained model and score what was written.
+
+    With --target, the oracle predicts each molecule's properties (written into the SDF/CSV with the
+    error to target) and the MAE per property and the hit rate are printed. Without --n-atoms, atom
+    counts are drawn from the training data given the targets.
+    """
     from molgen.generate import generate_molecules
 
     report = generate_molecules(
         run_id=run_id, checkpoint=checkpoint, n=n, targets=list(target), n_atoms=n_atoms, guidance=guidance,
-        steps=steps, seed=seed, device=device, tracking_uri=tracking_uri, out=out,
+        steps=steps, seed=seed, device=device, tracking_uri=tracking_uri, out=out, sample_opts=list(sample_opts),
+        scaffold=scaffold, tol=list(tol),
     )
     click.echo(f"wrote {report['n']} molecules to {out}")
     _print_metrics({k: v for k, v in report.items() if k != "n"})
@@ -120,13 +132,26 @@ def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, devi
 @click.option("--steps", type=int, help="Sampling steps (default: the model's).")
 @click.option("--nll-molecules", type=int, default=1000, show_default=True,
               help="Test molecules for the NLL estimate (0: skip).")
+@click.option("--protocol", type=click.Choice(["unconditional", "edm-conditional"]), default="unconditional",
+              show_default=True, help="edm-conditional: EDM's conditional MAE protocol (needs --property).")
+@click.option("--property", "prop", metavar="PROP", help="Property of the edm-conditional protocol, e.g. gap.")
+@click.option("--guidance", type=float, help="Classifier-free guidance weight for the conditional protocol.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tracking-uri", help="MLflow tracking URI.")
-def evaluate(run_id, n, steps, nll_molecules, seed, device, tracking_uri) -> None:
+def evaluate(run_id, n, steps, nll_molecules, protocol, prop, guidance, seed, device, tracking_uri) -> None:
     """Sample from a trained run, score the samples and the test NLL, log them into the run."""
-    from molgen.evaluate import evaluate_run
+    from molgen.evaluate import evaluate_conditional_run, evaluate_run
 
+    if protocol == "edm-conditional":
+        if not prop:
+            raise MolgenError("--protocol edm-conditional needs --property PROP (e.g. --property gap)")
+        result = evaluate_conditional_run(run_id, prop, n=n, steps=steps, guidance=guidance, seed=seed,
+                                          tracking_uri=tracking_uri, device=device)
+        click.echo(f"EDM conditional protocol, {result.n} samples ({result.unusable} without coordinates); "
+                   f"logged into MLflow run {run_id}:")
+        click.echo(result.table())
+        return
     metrics = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
                            tracking_uri=tracking_uri, device=device)
     click.echo(f"logged into MLflow run {run_id}:")
@@ -142,13 +167,16 @@ def evaluate(run_id, n, steps, nll_molecules, seed, device, tracking_uri) -> Non
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics as a flat JSON object.")
 @click.option("--name", help="MLflow run name (default: the file name).")
 @click.option("--jobs", type=int, default=2, show_default=True, help="Worker processes for RDKit features.")
+@click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
+              help="Comma-separated metric groups: basic, moses, fcd, embedding, all.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
-def benchmark(file, reference, train_file, n, column, out, name, jobs, tracking_uri) -> None:
+def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_set, tracking_uri) -> None:
     """Score a generator's molecules (SMILES/CSV/SDF/XYZ) with the field's metrics."""
     from molgen.report import log_benchmark, write_json
     from molgen.metrics.suite import run_benchmark
 
-    report = run_benchmark(file, reference=reference, train=train_file, n=n, column=column, n_jobs=jobs)
+    report = run_benchmark(file, reference=reference, train=train_file, n=n, column=column, n_jobs=jobs,
+                           metrics=metric_set)
     click.echo(f"{file}: {report.read.n_total} records ({report.read.format}), reference {reference}")
     _print_metrics(report.metrics)
     if out:

@@ -78,6 +78,7 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 5000
     val_batches: int = 20
+    val_nll_batches: int = 2  # batches of val_batches that also get log_likelihood (ODE families: costly)
     eval_every: int = 20_000
     eval_samples: int = 256
     eval_sampling_steps: int | None = None

@@ -36,6 +36,14 @@ from molgen.nn.graph import scatter_mean, scatter_sum
 ORACLE_PROPERTIES: tuple[str, ...] = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
 ORACLE_FORMAT = "molgen-oracle"
 DEFAULT_ORACLE = Path(__file__).resolve().parent / "pretrained" / "oracle.pt"
+#: Environment variable naming other oracle weights (e.g. retrained ones) for every command.
+ORACLE_ENV = "MOLGEN_ORACLE"
+
+
+def oracle_file() -> Path:
+    """``$MOLGEN_ORACLE`` if set, else the shipped ``molgen/pretrained/oracle.pt``."""
+    env = os.environ.get(ORACLE_ENV)
+    return Path(env) if env else DEFAULT_ORACLE
 
 
 class PropertyOracle(nn.Module):
@@ -90,8 +98,8 @@ class PropertyOracle(nn.Module):
 
 
 def load_oracle(path: str | os.PathLike | None = None) -> PropertyOracle:
-    """The shipped oracle (default) or one written by ``scripts/train_oracle.py``; eval mode, CPU."""
-    path = Path(path) if path is not None else DEFAULT_ORACLE
+    """The oracle of :func:`oracle_file` (default) or ``path``; eval mode, CPU."""
+    path = Path(path) if path is not None else oracle_file()
     if not path.is_file():
         raise MolgenError(f"oracle weights not found: {path} (run: python scripts/train_oracle.py)")
     try:

@@ -29,11 +29,14 @@ _UNITS: dict[str, tuple[str, float]] = {
 _TARGET = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
 
 
-def parse_target(text: str) -> tuple[str, float]:
-    """``"gap=6.5eV"`` -> ``("gap", 6.5)``; ``"gap=150meV"`` -> ``("gap", 0.15)``; unitless = user unit."""
+def parse_target(text: str, *, check_range: bool = True, flag: str = "--target") -> tuple[str, float]:
+    """``"gap=6.5eV"`` -> ``("gap", 6.5)``; ``"gap=150meV"`` -> ``("gap", 0.15)``; unitless = user unit.
+
+    ``check_range=False`` skips the physical-range check (for differences such as ``--tol``).
+    """
     match = _TARGET.match(text)
     if not match:
-        raise MolgenError(f"malformed --target '{text}': expected PROP=VALUE[UNIT], e.g. gap=6.5eV")
+        raise MolgenError(f"malformed {flag} '{text}': expected PROP=VALUE[UNIT], e.g. gap=6.5eV")
     name, number, unit = match.groups()
     spec = get_property(name)
     value = float(number)
@@ -42,7 +45,7 @@ def parse_target(text: str) -> tuple[str, float]:
         if key not in _UNITS or _UNITS[key][0] != spec.unit:
             raise MolgenError(f"unit '{unit}' does not fit property '{spec.name}' (its unit is {spec.unit})")
         value *= _UNITS[key][1]
-    if not spec.in_range(value):
+    if check_range and not spec.in_range(value):
         raise MolgenError(
             f"target {spec.name}={value:g} {spec.unit} is outside the physical range [{spec.low:g}, {spec.high:g}]"
         )

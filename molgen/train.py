@@ -207,11 +207,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         model = self.ema.shadow
         losses, nlls = [], []
-        for batch in DataLoader(self.valid_graphs, batch_size=self.cfg.train.batch_size):
+        for i, batch in enumerate(DataLoader(self.valid_graphs, batch_size=self.cfg.train.batch_size)):
             batch = batch.to(self.device)
             with self._autocast():
                 losses.append(float(model.loss(batch)["loss"]))
-                ll = model.log_likelihood(batch)
+                ll = model.log_likelihood(batch) if i < self.cfg.train.val_nll_batches else None
             if ll is not None:
                 nlls.append(float(-ll.float().mean()))
         out = {"val/loss": sum(losses) / max(1, len(losses))}

@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="molgen/pretrained/oracle.pt")
     ap.add_argument("--json", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None, help="continue from these oracle weights (same architecture)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,7 +103,16 @@ def main(argv=None) -> int:
 
     bcfg = BackboneConfig(num_layers=args.layers, scalar_dim=args.scalar_dim, vector_dim=args.vector_dim,
                           edge_dim=32, graph_dim=args.scalar_dim, cond_dim=32, num_rbf=32, rbf_max=10.0)
-    model = PropertyOracle(bcfg, ORACLE_PROPERTIES, stats.mean, stats.std).to(device)
+    model = PropertyOracle(bcfg, ORACLE_PROPERTIES, stats.mean, stats.std)
+    previous = {}
+    if args.init:
+        from molgen.oracle import load_oracle
+
+        init = load_oracle(args.init)
+        model = PropertyOracle(init.bcfg, ORACLE_PROPERTIES, stats.mean, stats.std)
+        model.load_state_dict(init.state_dict())
+        previous = init.meta.get("training", {})
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     budget = args.minutes * 60.0
@@ -147,6 +157,10 @@ def main(argv=None) -> int:
     test_loader = _loader(make_graphs(data, db, stats), 512, False)
     mae_db = mean_abs_error(model, test_loader, device)
     eval_s = time.perf_counter() - t0
+    if previous:  # a continued run reports the whole training history
+        step += previous.get("steps", 0)
+        epoch += previous.get("epochs", 0)
+        train_minutes += previous.get("train_minutes", 0.0)
     result = {
         "mae_db": {p: float(v) for p, v in zip(ORACLE_PROPERTIES, mae_db)},
         "n_db": len(db), "n_da": len(da), "steps": step, "epochs": epoch, "train_minutes": round(train_minutes, 1),
@@ -155,6 +169,8 @@ def main(argv=None) -> int:
                    if device.type == "cpu" else torch.cuda.get_device_name(device),
         "command": "python scripts/train_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
+    if previous:
+        result["command"] = previous.get("command", "") + " ; then " + result["command"]
     model.cpu().save(args.out, training=result)
     print(f"\nwrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB); Db evaluation {eval_s:.0f} s\n")
     print("| property | unit | molgen oracle MAE on Db | EDM classifier | ratio |")

@@ -207,3 +207,67 @@ def test_generate_warns_outside_central_99_percent(trained, tmp_path) -> None:
                   "--target", "gap=25eV", "--out", str(tmp_path / "x.sdf"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "outside the central 99%" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_oracle(tmp_path_factory) -> str:
+    """A small random-init oracle, so these tests do not depend on the shipped weights."""
+    import torch
+
+    from molgen.config import BackboneConfig
+    from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle
+
+    torch.manual_seed(0)
+    bcfg = BackboneConfig(num_layers=1, scalar_dim=16, vector_dim=4, edge_dim=8, graph_dim=16, cond_dim=8, num_rbf=8)
+    oracle = PropertyOracle(bcfg, ORACLE_PROPERTIES, [75.0, 6.8, -6.5, 0.3, 2.7, 31.6], [8.2, 1.3, 0.6, 1.3, 1.5, 4.1])
+    return str(oracle.save(tmp_path_factory.mktemp("oracle") / "oracle.pt"))
+
+
+def test_generate_scores_targets_with_the_oracle(trained, tiny_oracle, tmp_path) -> None:
+    import csv
+
+    out = tmp_path / "x.csv"
+    proc = molgen("generate", "--checkpoint", str(trained["checkpoint"]), "-n", "6", "--steps", "3",
+                  "--target", "gap=6.5eV", "--tol", "gap=300meV", "--out", str(out), cwd=tmp_path,
+                  env={"MOLGEN_ORACLE": tiny_oracle})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mae/gap" in proc.stdout and "hit_rate" in proc.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6
+    for row in rows:  # prediction and error to target, per molecule
+        assert abs(float(row["oracle_gap"]) - 6.5 - float(row["error_gap"])) < 1e-3
+        assert float(row["target_gap"]) == 6.5
+    mae = float(next(line.split()[1] for line in proc.stdout.splitlines() if "mae/gap" in line))
+    assert abs(mae - sum(abs(float(r["error_gap"])) for r in rows) / 6) < 1e-3
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--sample-opt", "nonsense=1"), ("does not take sampler option", "nonsense")),
+    (("--sample-opt", "novalue"), ("malformed --sample-opt",)),
+    (("--tol", "gap"), ("malformed --tol",)),
+    (("--scaffold", "c1ccccc1"), ("does not take sampler option", "scaffold")),
+])
+def test_generate_bad_sampler_options(args, fragments, trained, tmp_path) -> None:
+    proc = molgen("generate", "--checkpoint", str(trained["checkpoint"]), "-n", "2", "--steps", "2", *args,
+                  "--out", str(tmp_path / "x.sdf"), cwd=tmp_path)
+    assert_one_line_error(proc, *fragments)
+
+
+def test_edm_conditional_protocol_end_to_end(trained, tiny_oracle) -> None:
+    env = {"MOLGEN_ORACLE": tiny_oracle}
+    proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", "--property", "gap",
+                  "-n", "8", "--steps", "3", cwd=trained["cwd"], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for row in ("Naive (shuffled labels, upper bound)", "#Atoms", "molgen diffusion", "lower bound"):
+        assert row in proc.stdout
+    assert "not 'db'" in proc.stdout  # the fixture run was trained on the full training split
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(f"sqlite:///{trained['cwd']}/mlruns.db").get_run(trained["run_id"]).data.metrics
+    assert {"cond/gap/model", "cond/gap/naive", "cond/gap/n_atoms", "cond/gap/lower_bound"} <= set(metrics)
+    # bad input: no property, a property the run was not trained on
+    proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", cwd=trained["cwd"], env=env)
+    assert_one_line_error(proc, "needs --property")
+    proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", "--property", "mu",
+                  "-n", "2", cwd=trained["cwd"], env=env)
+    assert_one_line_error(proc, "not trained on 'mu'", "supports: gap")

@@ -141,15 +141,44 @@ def write_smiles(mols: Sequence[Molecule3D], path: str | os.PathLike) -> None:
     _write_text(path, write)
 
 
+def write_csv(mols: Sequence[Molecule3D], path: str | os.PathLike) -> None:
+    """Write a table: ``index, smiles, invalid_reason, num_atoms`` and every property as a column.
+
+    Args:
+        mols: molecules; their ``properties`` (targets, oracle predictions, errors) become columns,
+            empty where a molecule lacks one.
+        path: destination ``.csv`` file (parent folders are created).
+
+    Raises:
+        MolgenError: if ``path`` cannot be written.
+    """
+    import csv
+
+    keys: list[str] = []
+    for mol in mols:
+        keys.extend(k for k in mol.properties if k not in keys)
+
+    def write(fh) -> None:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["index", "smiles", "invalid_reason", "num_atoms", *keys])
+        for i, mol in enumerate(mols):
+            smiles, reason = _smiles_or_reason(mol)
+            values = [_format_value(mol.properties[k]) if k in mol.properties else "" for k in keys]
+            writer.writerow([i, smiles or "", reason or "", mol.num_atoms, *values])
+
+    _write_text(path, write)
+
+
 _WRITERS: dict[str, Callable[[Sequence[Molecule3D], str | os.PathLike], None]] = {
     ".sdf": write_sdf,
     ".xyz": write_xyz,
     ".smi": write_smiles,
+    ".csv": write_csv,
 }
 
 
 def write_molecules(mols: Sequence[Molecule3D], path: str | os.PathLike) -> None:
-    """Write molecules in the format given by the file suffix (``.sdf``, ``.xyz`` or ``.smi``).
+    """Write molecules in the format given by the file suffix (``.sdf``, ``.xyz``, ``.smi`` or ``.csv``).
 
     Args:
         mols: molecules to write.

@@ -7,10 +7,23 @@ References:
 - a file: any SMILES/SDF/XYZ file as reference, with ``--train FILE`` for novelty.
 
 Invalid input molecules are counted (``valid`` and ``invalid/<reason>``), never dropped silently.
+
+Metric groups (``metrics=``, the CLI's ``--metrics``; ``n``, ``valid`` and ``invalid/*`` always):
+
+- ``basic``: uniqueness, novelty (``unique``, ``valid_unique``, ``novel``; MOSES: ``unique@1000``,
+  ``unique@10000``, ``Novelty``) and, for 3D input, EDM's atom / molecule stability;
+- ``moses``: SNN, Frag, Scaf, IntDiv / IntDiv2, Filters and the Wasserstein-1 distances of logP,
+  SA, QED, weight (under MOSES's keys ``logP`` ... and again as ``W1/logP`` ...);
+- ``fcd``: Fréchet ChemNet Distance;
+- ``embedding``: distances in the property oracle's learned space and ``W1/<prop>`` of its
+  predictions (:mod:`molgen.metrics.oracle_metrics`), for 3D input against a 3D reference only.
+
+A group that is not requested is not computed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,8 +57,37 @@ def _identity(records: Sequence[MoleculeRecord]) -> list[str]:
     return [s for s in canonical_smiles(records, largest_fragment_only=True, isomeric=False) if s]
 
 
-def _reference_smiles(reference: str, train: str | None, cache_dir: str | None) -> tuple[str, list[str], set[str] | None]:
-    """(name, reference SMILES, training identities or None) for ``qm9`` or a file."""
+#: The metric groups of :func:`run_benchmark`, in report order.
+METRIC_GROUPS: tuple[str, ...] = ("basic", "moses", "fcd", "embedding")
+
+
+def parse_metric_groups(spec: str | Iterable[str]) -> frozenset[str]:
+    """``"all"`` or a comma-separated list of :data:`METRIC_GROUPS` -> the set of groups.
+
+    Raises:
+        MolgenError: for an unknown or empty group list (naming the valid ones).
+    """
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    valid = ", ".join((*METRIC_GROUPS, "all"))
+    unknown = [s for s in items if s != "all" and s not in METRIC_GROUPS]
+    if unknown or not items:
+        what = f"unknown metric group '{unknown[0]}'" if unknown else "no metric group given"
+        raise MolgenError(f"{what}; valid groups: {valid}")
+    return frozenset(METRIC_GROUPS) if "all" in items else frozenset(items)
+
+
+@dataclass
+class _Reference:
+    name: str
+    smiles: list[str]
+    train_ids: set[str] | None
+    qm9: object | None = None  # QM9Data for --reference qm9
+    mols3d: list | None = None  # Molecule3D | None per record, for a 3D reference file
+
+
+def _load_reference(reference: str, train: str | None, cache_dir: str | None) -> _Reference:
+    """QM9's test split (``qm9``) or a file as reference, with training identities for novelty."""
     if reference == "qm9":
         from molgen.data.canonical import canonical_qm9_smiles
         from molgen.data.qm9 import edm_splits, load_qm9
@@ -55,7 +97,7 @@ def _reference_smiles(reference: str, train: str | None, cache_dir: str | None) 
         splits = edm_splits(data.num_molecules)
         test = [canonical[i] for i in splits["test"].tolist() if canonical[i]]
         train_ids = {canonical[i] for i in splits["train"].tolist()} - {None}
-        return "qm9_test", test, train_ids
+        return _Reference("qm9_test", test, train_ids, qm9=data)
     ref = read_molecules(reference)
     ref_smiles = [Chem.MolToSmiles(r.mol) for r in _valid(ref.records)]
     if not ref_smiles:
@@ -63,7 +105,64 @@ def _reference_smiles(reference: str, train: str | None, cache_dir: str | None) 
     train_ids = None
     if train is not None:
         train_ids = set(_identity(_valid(read_molecules(train).records)))
-    return f"file_{Path(reference).stem}", ref_smiles, train_ids
+    mols3d = [r.mol3d for r in ref.records] if ref.is_3d else None
+    return _Reference(f"file_{Path(reference).stem}", ref_smiles, train_ids, mols3d=mols3d)
+
+
+def _property_w1(metrics: dict[str, float]) -> None:
+    """``W1/<prop>`` aliases of MOSES's property distances (already Wasserstein-1)."""
+    from molgen.metrics.moses import PROPERTY_NAMES
+
+    for prop in PROPERTY_NAMES:
+        if prop in metrics:
+            metrics[f"W1/{prop}"] = metrics[prop]
+
+
+def _moses_reference(smiles: list[str], groups: frozenset[str], n_jobs: int,
+                     cache_dir: str | None) -> dict[str, float]:
+    """MOSES's metrics of the requested groups (all of them: exactly :func:`moses_metrics`)."""
+    from molgen.metrics import moses as M
+    from molgen.metrics.moses_suite import moses_metrics
+
+    if groups >= {"basic", "moses", "fcd"}:
+        return moses_metrics(smiles, n_jobs=n_jobs, cache_dir=cache_dir)
+    import numpy as np
+
+    from molgen.metrics.fcd import fcd_stats, frechet_distance
+    from molgen.metrics.moses_suite import _train_set, compute_features, moses_precomputed_stats, score_against
+
+    gen = None
+    if "moses" in groups:
+        gen = compute_features(smiles, n_jobs=n_jobs)
+        canonical = gen.canonical
+    else:
+        with M.quiet_rdkit():
+            canonical = [c for c in map(M.canonical_smiles, smiles) if c is not None]
+    if len(canonical) < 2:
+        raise MolgenError(f"only {len(canonical)} of {len(smiles)} SMILES are valid molecules")
+    out: dict[str, float] = {"valid": len(canonical) / len(smiles)}
+    if "basic" in groups:
+        with M.quiet_rdkit():
+            for k in (1000, 10000):
+                out[f"unique@{k}"] = M.fraction_unique(canonical, k)
+    gen_fcd = fcd_stats(canonical) if "fcd" in groups else None
+    for suffix, split in (("Test", "test"), ("TestSF", "test_scaffolds")):
+        ref = moses_precomputed_stats(split, cache_dir=cache_dir)
+        if gen_fcd is not None:
+            out[f"FCD/{suffix}"] = frechet_distance(gen_fcd.mu, gen_fcd.sigma, ref.fcd.mu, ref.fcd.sigma)
+        if gen is not None:
+            scores = score_against(gen, ref)
+            for key in ("SNN", "Frag", "Scaf"):
+                out[f"{key}/{suffix}"] = scores[key]
+            if suffix == "Test":
+                props = {name: scores[name] for name in M.PROPERTY_NAMES}
+    if gen is not None:
+        out["IntDiv"], out["IntDiv2"] = M.internal_diversities(gen.fps)
+        out["Filters"] = float(np.mean(gen.passes_filters))
+        out.update(props)
+    if "basic" in groups:
+        out["Novelty"] = len(set(canonical) - _train_set()) / len(set(canonical))
+    return {k: float(v) for k, v in out.items()}
 
 
 def run_benchmark(
@@ -75,62 +174,90 @@ def run_benchmark(
     column: str | None = None,
     n_jobs: int = 2,
     cache_dir: str | None = None,
+    metrics: str | Iterable[str] = "all",
 ) -> BenchmarkReport:
-    """Read ``path`` and compute the metric suite against ``reference`` (``qm9``, ``moses`` or a file)."""
+    """Read ``path`` and compute the metric suite against ``reference`` (``qm9``, ``moses`` or a file).
+
+    ``metrics``: ``"all"`` or a comma-separated list (or iterable) of :data:`METRIC_GROUPS`.
+    """
+    groups = parse_metric_groups(metrics)
     read = read_molecules(path, column=column)
     records = read.records[:n] if n is not None else read.records
     if n is not None and n < 1:
         raise MolgenError("--n must be at least 1")
     total = len(records)
     valid = _valid(records)
-    metrics: dict[str, float] = {"n": float(total), "valid": len(valid) / total}
+    out: dict[str, float] = {"n": float(total), "valid": len(valid) / total}
     reasons: dict[str, int] = {}
     for r in records:
         if r.error is not None:
             reasons[r.error] = reasons.get(r.error, 0) + 1
     for reason, count in sorted(reasons.items()):
-        metrics[f"invalid/{reason}"] = float(count)
+        out[f"invalid/{reason}"] = float(count)
 
     if reference == "moses":
-        from molgen.metrics.moses_suite import moses_metrics
-
         if train is not None:
             raise MolgenError("--train does not apply to --reference moses (it uses the MOSES training set)")
         smiles = [r.source if read.format in SMILES_FORMATS or r.mol is None else Chem.MolToSmiles(r.mol)
                   for r in records]
-        metrics.update(moses_metrics(smiles, n_jobs=n_jobs, cache_dir=cache_dir))
-        return BenchmarkReport(metrics, read, reference, smiles)
+        out.update(_moses_reference(smiles, groups, n_jobs, cache_dir))
+        _property_w1(out)
+        return BenchmarkReport(out, read, reference, smiles)
 
     from molgen.metrics import moses as M
-    from molgen.metrics.fcd import fcd_stats
-    from molgen.metrics.moses_suite import compute_features, reference_stats, score_against
 
-    name, ref_smiles, train_ids = _reference_smiles(reference, train, cache_dir)
+    ref = _load_reference(reference, train, cache_dir)
     if len(valid) < 2:
         raise MolgenError(f"only {len(valid)} of {total} molecules in {path} are valid; nothing to compare")
     gen_smiles = [Chem.MolToSmiles(r.mol) for r in valid]
-    ids = _identity(valid)
-    metrics["unique"] = len(set(ids)) / max(len(ids), 1)
-    metrics["valid_unique"] = metrics["valid"] * metrics["unique"]
-    if train_ids is not None:
-        distinct = set(ids)
-        metrics["novel"] = len(distinct - train_ids) / max(len(distinct), 1)
-    gen = compute_features(gen_smiles, n_jobs=n_jobs)
-    ref = reference_stats(ref_smiles, name=name, n_jobs=n_jobs, cache_dir=cache_dir)
-    scores = score_against(gen, ref, fcd_stats(gen.canonical))
-    for key in ("FCD", "SNN", "Frag", "Scaf"):
-        metrics[f"{key}/Test"] = scores[key]
-    metrics["IntDiv"], metrics["IntDiv2"] = M.internal_diversities(gen.fps)
-    for prop in M.PROPERTY_NAMES:
-        metrics[prop] = scores[prop]
+    is_3d = read.is_3d and any(r.mol3d is not None for r in records)
+    if "basic" in groups:
+        ids = _identity(valid)
+        out["unique"] = len(set(ids)) / max(len(ids), 1)
+        out["valid_unique"] = out["valid"] * out["unique"]
+        if ref.train_ids is not None:
+            distinct = set(ids)
+            out["novel"] = len(distinct - ref.train_ids) / max(len(distinct), 1)
+    gen = ref_stats = None
+    if groups & {"moses", "fcd"}:
+        from molgen.metrics.moses_suite import compute_features, reference_stats, score_against
 
-    mols3d = [r.mol3d for r in records if r.mol3d is not None]
-    if read.is_3d and mols3d:
+        ref_stats = reference_stats(ref.smiles, name=ref.name, n_jobs=n_jobs, cache_dir=cache_dir,
+                                    with_fcd="fcd" in groups)
+        if "moses" in groups:
+            gen = compute_features(gen_smiles, n_jobs=n_jobs)
+    if "fcd" in groups:
+        from molgen.metrics.fcd import fcd_stats, frechet_distance
+
+        if gen is not None:
+            canonical = gen.canonical
+        else:
+            with M.quiet_rdkit():
+                canonical = [c for c in map(M.canonical_smiles, gen_smiles) if c is not None]
+        gen_fcd = fcd_stats(canonical)
+        out["FCD/Test"] = frechet_distance(gen_fcd.mu, gen_fcd.sigma, ref_stats.fcd.mu, ref_stats.fcd.sigma)
+    if gen is not None:
+        import numpy as np
+
+        scores = score_against(gen, ref_stats)
+        for key in ("SNN", "Frag", "Scaf"):
+            out[f"{key}/Test"] = scores[key]
+        out["IntDiv"], out["IntDiv2"] = M.internal_diversities(gen.fps)
+        out["Filters"] = float(np.mean(gen.passes_filters))
+        for prop in M.PROPERTY_NAMES:
+            out[prop] = scores[prop]
+        _property_w1(out)
+    if "basic" in groups and is_3d:
         from molgen.chem.stability import stability_counts
 
-        metrics.update(stability_counts(mols3d))
+        out.update(stability_counts([r.mol3d for r in records if r.mol3d is not None]))
+    if "embedding" in groups and is_3d and (ref.qm9 is not None or ref.mols3d is not None):
+        from molgen.metrics.oracle_metrics import embedding_metrics
+
+        out.update(embedding_metrics([r.mol3d for r in records], qm9_data=ref.qm9,
+                                     reference_mols=ref.mols3d, cache_dir=cache_dir))
     return BenchmarkReport(
-        metrics, read, reference, gen_smiles,
-        sample_properties={k: list(map(float, v)) for k, v in gen.properties.items()},
-        reference_properties={k: list(map(float, v)) for k, v in ref.properties.items()},
+        out, read, reference, gen_smiles,
+        sample_properties={k: list(map(float, v)) for k, v in gen.properties.items()} if gen else {},
+        reference_properties={k: list(map(float, v)) for k, v in ref_stats.properties.items()} if gen else {},
     )

@@ -25,6 +25,12 @@ def register(name: str) -> Callable[[G], G]:
 def _load_builtin() -> None:
     # importing the modules runs their @register decorators
     from molgen.models import diffusion  # noqa: F401
+    from molgen.models import ebm  # noqa: F401
+    from molgen.models import flow  # noqa: F401
+    from molgen.models import flow_matching  # noqa: F401
+    from molgen.models import score  # noqa: F401
+    from molgen.models import smiles_ar  # noqa: F401
+    from molgen.models import vae  # noqa: F401
 
 
 def family_names() -> list[str]:

@@ -199,7 +199,9 @@ class EquivariantBackbone(nn.Module):
                 raise ValueError("this backbone expects edge_attr")
             edge_in = torch.cat([edge_in, edge_attr], dim=-1)
         cond_node = (
-            cond[batch] if cond is not None else torch.zeros(h.shape[0], self.cfg.cond_dim, device=h.device)
+            cond[batch]
+            if cond is not None
+            else torch.zeros(h.shape[0], self.cfg.cond_dim, device=h.device, dtype=h.dtype)
         )
         x = torch.cat([self.embed(h), h.new_zeros(h.shape[0], 3 * self.V)], dim=-1)
         for layer in self.layers:

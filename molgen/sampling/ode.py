@@ -19,7 +19,7 @@ dimensions (EDM's convention).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -112,7 +112,8 @@ def standard_normal_log_prob(z: State, batch: Tensor, num_graphs: int, dims: Seq
 
 def log_likelihood(field: Callable[[float, State], State], z_data: State, batch: Tensor, num_graphs: int,
                    dims: Sequence[Tensor], *, t_data: float, t_prior: float, steps: int,
-                   method: str = "heun", exact: bool = True, seed: int | None = 0) -> Tensor:
+                   method: str = "heun", exact: bool = True, seed: int | None = 0,
+                   differentiable: bool = False, noise: State | None = None) -> Tensor:
     """``log p(z_data)`` per molecule in nats by the instantaneous change of variables.
 
     Args:
@@ -123,7 +124,17 @@ def log_likelihood(field: Callable[[float, State], State], z_data: State, batch:
         t_data, t_prior: the ODE times of the data and of the prior.
         steps, method: the fixed-step solver (``dt`` is signed).
         exact: exact Jacobian trace, else Hutchinson with Rademacher noise (fixed per solve, as FFJORD).
+        differentiable: keep the autograd graph through the solver and the divergence (maximum-
+            likelihood training of a CNF, see :func:`cnf_log_likelihood`); the default detaches
+            every step (inference only, less memory).
+        noise: an explicit Hutchinson probe (same shapes as ``z_data``), only with
+            ``differentiable=True``; default: Rademacher drawn from ``seed``.
     """
+    if differentiable:
+        return cnf_log_likelihood(field, z_data, batch, num_graphs, dims, t_data=t_data, t_prior=t_prior,
+                                  steps=steps, method=method, exact=exact, noise=noise, seed=seed).log_prob
+    if noise is not None:
+        raise ValueError("an explicit Hutchinson probe needs differentiable=True")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     noise = None
     if not exact:
@@ -144,3 +155,65 @@ def log_likelihood(field: Callable[[float, State], State], z_data: State, batch:
     final = odeint(augmented, state, t_data, t_prior, steps, method)
     z_prior, integral = final[:-1], final[-1]
     return standard_normal_log_prob(z_prior, batch, num_graphs, dims) + integral
+
+
+class CNFTerms(NamedTuple):
+    """Per-molecule ``[B]`` results of :func:`cnf_log_likelihood`."""
+
+    log_prob: Tensor  #: log p(z_data), nats
+    kinetic: Tensor  #: integral of ||v||^2 dt over the solve (RNODE's kinetic energy)
+    jacobian: Tensor  #: integral of ||eps^T J||^2 dt, Hutchinson estimate of ||J||_F^2 (0 if exact)
+
+
+def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, batch: Tensor, num_graphs: int,
+                       dims: Sequence[Tensor], *, t_data: float, t_prior: float, steps: int,
+                       method: str = "heun", exact: bool = False, noise: State | None = None,
+                       seed: int | None = 0) -> CNFTerms:
+    """Differentiable change of variables (training a CNF by maximum likelihood) + RNODE's regularizers.
+
+    Same integral as :func:`log_likelihood`, but the graph is kept: the divergence is taken with
+    ``create_graph=True`` and nothing is detached, so gradients flow to the field's parameters and
+    to ``z_data`` through every solver step ("discretize-then-optimize"). Under ``torch.no_grad``
+    it computes the same values without a graph. Also integrates, along the same trajectory,
+    the kinetic energy ``||v||^2`` and the Jacobian Frobenius norm estimate ``||eps^T J||^2`` of
+    Finlay et al., "How to train your neural ODE" (ICML 2020), as positive time integrals.
+
+    Args:
+        field, z_data, batch, num_graphs, dims, t_data, t_prior, steps, method: as :func:`log_likelihood`.
+        exact: exact Jacobian trace (``max_atoms x sum(d)`` double-backward products per evaluation);
+            default Hutchinson.
+        noise: the Hutchinson probe, fixed for the whole solve (FFJORD), same shapes as ``z_data``;
+            e.g. Gaussian with the position part projected to zero CoM. Default: Rademacher from
+            ``seed``, position part projected to zero CoM.
+    """
+    from molgen.nn.graph import remove_mean
+
+    keep_graph = torch.is_grad_enabled()
+    n_parts = len(z_data)
+    if not exact and noise is None:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        noise = tuple((torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in z_data)
+        noise = (remove_mean(noise[0], batch, num_graphs),) + noise[1:]
+    sign = 1.0 if t_prior >= t_data else -1.0  # the regularizers integrate |dt|
+
+    def augmented(t: float, state: State) -> State:
+        with torch.enable_grad():
+            z = tuple(s if s.requires_grad else s.detach().requires_grad_(True) for s in state[:n_parts])
+            out = field(t, z)
+            if exact:
+                div = divergence(out, z, batch, num_graphs, exact=True, create_graph=keep_graph)
+                frob = torch.zeros_like(div)
+            else:
+                grads = torch.autograd.grad(out, z, grad_outputs=noise, create_graph=keep_graph)
+                div = scatter_sum(sum((g * e).sum(-1) for g, e in zip(grads, noise)), batch, num_graphs)
+                frob = scatter_sum(sum((g ** 2).sum(-1) for g in grads), batch, num_graphs)
+            kinetic = scatter_sum(sum((o ** 2).sum(-1) for o in out), batch, num_graphs)
+        res = tuple(out) + (div, sign * kinetic, sign * frob)
+        return res if keep_graph else tuple(r.detach() for r in res)
+
+    zeros = torch.zeros(num_graphs, dtype=z_data[0].dtype, device=z_data[0].device)
+    final = odeint(augmented, tuple(z_data) + (zeros, zeros, zeros), t_data, t_prior, steps, method)
+    z_prior = final[:n_parts]
+    integral, kinetic, frob = final[n_parts:]
+    log_prob = standard_normal_log_prob(z_prior, batch, num_graphs, dims) + integral
+    return CNFTerms(log_prob, kinetic, frob)

@@ -1,0 +1,672 @@
+"""``smiles-ar``: an autoregressive Transformer over SMILES tokens, conditioned on y, N and a scaffold.
+
+Method: a decoder-only Transformer language model of SMILES strings (Vaswani et al. 2017; the
+SMILES language model of Segler et al., ACS Cent. Sci. 2018, and the conditional generators that
+prefix the condition, e.g. Kotsias et al., Nat. Mach. Intell. 2020). Each training molecule is
+written with **every hydrogen as an atom token** (RDKit ``AddHs`` + canonical ``MolToSmiles``,
+no stereo; :mod:`molgen.models.smiles_tokenizer`), so a string's atom-token count is the molecule's
+atom count N as QM9 counts it. The model factorizes ``p(s | y, N, scaffold) = prod_t p(s_t | s_<t)``:
+
+- input ``t`` embeds token ``s_t`` + position + *remaining atoms* ``N - #atoms(s_<=t)`` (a
+  deterministic function of the prefix, so the model always knows how many atoms are left) + the
+  condition vector ``c`` of :class:`molgen.nn.conditioning.ConditionEncoder` (``use_time=False``,
+  masked labels) added at every position; token 0 is ``<bos>``;
+- pre-norm blocks: causal self-attention, **cross-attention to memory tokens**, MLP;
+- memory = a learned "no scaffold" token, followed by one token per heavy atom of the scaffold /
+  fragment: the shared equivariant backbone (:class:`molgen.nn.backbone.EquivariantBackbone`) runs
+  on the scaffold's 3D structure (one-hot element + formal charge) and its invariant node scalars
+  are projected to the model width. Hydrogens of the scaffold are not memory tokens.
+
+Constrained decoding (the same mask in training, likelihood and sampling, so all three use one
+normalized distribution over strings with exactly N atoms): ``<pad>``, ``<bos>``, ``<unk>`` are
+never emitted; before the N-th atom the end token is forbidden; after it, atoms, ``(`` and ``.``
+are forbidden and the end token is allowed (not forced: ~5 % of QM9's explicit-H strings close
+a ring *after* their last atom, ``...C1``); when the remaining atoms fill every remaining slot of
+``max_len`` only atoms are allowed; at slot ``max_len`` the end token is forced. A string whose
+rings or branches are left open is therefore invalid — and counted as such, not hidden.
+
+Training: teacher forcing, mean token NLL under that mask. Labels are dropped like the point-cloud
+families (``cond_drop_prob`` for the whole set, ``prop_drop_prob`` per property), which gives
+classifier-free guidance on logits, ``(1 + w) logits(y) - w logits(no labels)`` (N and the scaffold
+are kept in both terms). With probability ``scaffold_prob`` a molecule's Bemis–Murcko scaffold
+(RDKit ``GetScaffoldForMol``; empty for acyclic molecules) is its memory, with coordinates taken
+from the molecule's **own QM9 geometry** (QM9 lists heavy atoms in SMILES atom order, so scaffold
+atom k of the SMILES is the k-th heavy atom of the geometry; the 0.01 % of molecules whose heavy
+element sequence disagrees get no scaffold). At generation a user scaffold SMILES is embedded by
+RDKit ETKDG (v3, with hydrogens, then hydrogens dropped). The backbone only sees distances, so
+DFT vs ETKDG geometries differ little in what it encodes.
+
+``log_likelihood`` is **exact**: ``log p(s | y, N) + log p(N)`` in nats per molecule, where the
+first term sums the constrained token log-probabilities of the molecule's explicit-H SMILES,
+end token included, given the batch's labels (``y_mask`` as given, no dropout, eval mode, no
+scaffold), and ``log p(N)`` is the training atom-count histogram
+(``self.stats.log_prob_n_atoms``, as ``diffusion`` does; it ignores y). Molecules whose string
+exceeds ``max_len`` tokens or does not parse get ``-inf``. :meth:`SmilesAR.perplexity` and
+:meth:`SmilesAR.bits_per_character` report the string term only (per token incl. the end token;
+per character of the explicit-H SMILES + 1 for the end).
+
+Sampling: ``sample(n, cond, n_atoms, steps, guidance, seed, batch_size, progress, temperature=1.0,
+top_k=None, top_p=None, scaffold=None)``; ``steps`` is ignored (a string takes as many steps as it
+has tokens). Order per step: guidance on raw logits, the constraint mask, temperature, top-k, then
+nucleus (top-p: the smallest set of tokens with mass >= p), then an inverse-CDF draw with uniforms
+from a seeded CPU generator (seeded runs match across devices). A KV cache makes a step O(T).
+A valid string becomes a :class:`Molecule3D` with the RDKit atoms (hydrogens explicit, exactly N),
+kekulized bond orders in ``bonds``, formal charges and an ETKDG conformer (of the molecule with
+any implicit hydrogens RDKit adds to under-bonded atoms; only the N string atoms are kept;
+``NaN`` positions if embedding fails, bonds kept). An invalid string keeps the atoms of its atom
+tokens, ``NaN`` positions and ``bonds=None`` (invalid, ``no_structure``). ``smiles`` is the raw
+string either way; with a scaffold, ``properties["scaffold_match"]`` is 1.0 if the molecule
+contains it (RDKit substructure match), else 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch_geometric.utils import to_dense_batch
+
+from molgen.chem.elements import ELEMENT_INDEX, ELEMENTS, Molecule3D
+from molgen.config import RunConfig
+from molgen.data.graphs import DatasetStats
+from molgen.errors import MolgenError
+from molgen.models.base import Generator, Targets
+from molgen.models.pointcloud import annotate_targets
+from molgen.models.registry import register
+from molgen.models.smiles_tokenizer import Vocabulary, explicit_h_smiles, parse_atoms, tokenize
+from molgen.nn.backbone import EquivariantBackbone
+from molgen.nn.conditioning import ConditionEncoder
+
+
+@dataclass
+class SmilesARConfig:
+    """Family options of ``smiles-ar`` (YAML section ``family:``)."""
+
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.1
+    max_len: int = 96  # tokens per string, end token included (QM9's longest explicit-H SMILES: 65)
+    cond_drop_prob: float = 0.1  # classifier-free guidance: drop all labels
+    prop_drop_prob: float = 0.1  # condition on any subset: drop single labels
+    scaffold_prob: float = 0.5  # training: use the molecule's Murcko scaffold as memory
+    guidance: float = 0.0
+    sample_batch_size: int = 500
+
+
+@dataclass
+class Scaffold:
+    """Heavy atoms of a scaffold / fragment in 3D: ``types [m]``, ``charges [m]``, ``pos [m, 3]`` (Å)."""
+
+    types: Tensor
+    charges: Tensor
+    pos: Tensor
+
+
+# ---------------------------------------------------------------------------------- network
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional KV cache (self-attention) or cached memory (cross)."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise MolgenError(f"family.d_model ({d}) must be divisible by family.num_heads ({heads})")
+        self.h, self.dropout = heads, dropout
+        self.q, self.kv, self.out = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+
+    def _split(self, x: Tensor) -> Tensor:  # [B, T, d] -> [B, H, T, d/H]
+        B, T, d = x.shape
+        return x.view(B, T, self.h, d // self.h).transpose(1, 2)
+
+    def forward(self, x: Tensor, source: Tensor | None, *, causal: bool = False, key_mask: Tensor | None = None,
+                cache: dict[str, Tensor] | None = None, cross: bool = False) -> Tensor:
+        # x: [B, T, d]; source: [B, S, d] (None: self-attention on x); key_mask: [B, S] True = attend
+        q = self._split(self.q(x))
+        if cross and cache is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = (self._split(z) for z in self.kv(x if source is None else source).chunk(2, dim=-1))
+            if cache is not None and not cross and "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            if cache is not None:
+                cache["k"], cache["v"] = k, v
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=causal and mask is None)
+        B, H, T, dh = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, H * dh))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm Transformer decoder block: causal self-attention, cross-attention to memory, MLP."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, heads, dropout)
+        self.cross_attn = Attention(d, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Linear(ff_mult * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor,
+                cache: dict[str, dict[str, Tensor]] | None = None) -> Tensor:
+        causal = cache is None or "k" not in cache["self"]
+        x = x + self.drop(self.self_attn(self.ln1(x), None, causal=causal and x.shape[1] > 1,
+                                         cache=None if cache is None else cache["self"]))
+        x = x + self.drop(self.cross_attn(self.ln2(x), memory, key_mask=memory_mask,
+                                          cache=None if cache is None else cache["cross"], cross=True))
+        return x + self.drop(self.mlp(self.ln3(x)))
+
+
+# ---------------------------------------------------------------------------------- sampling filters
+
+
+def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
+    """Keep the ``k`` largest logits per row (others ``-inf``); ``None`` keeps all."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    if k < 1:
+        raise MolgenError("top_k must be at least 1")
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float | None) -> Tensor:
+    """Nucleus filter: keep the smallest set of most probable tokens whose mass is >= ``p``."""
+    if p is None or p >= 1.0:
+        return logits
+    if p <= 0.0:
+        raise MolgenError("top_p must be in (0, 1]")
+    probs = logits.softmax(-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the more probable tokens
+    drop_sorted = before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+# ---------------------------------------------------------------------------------- RDKit helpers
+
+
+@lru_cache(maxsize=400_000)
+def _training_record(smiles: str) -> tuple[bytes, tuple[int, ...], tuple[int, ...]] | None:
+    """``(token ids, heavy element sequence, scaffold heavy-atom indices)`` of a source SMILES, or None.
+
+    Token ids use :meth:`Vocabulary.default` (fewer than 256 tokens, kept as ``bytes``: the cache
+    holds every training molecule); the scaffold indices are positions among the heavy atoms in
+    SMILES order (empty: no ring, no scaffold).
+    """
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+    from rdkit.rdBase import BlockLogs
+
+    text = explicit_h_smiles(smiles)
+    if text is None:
+        return None
+    _block = BlockLogs()  # noqa: F841
+    mol = Chem.MolFromSmiles(smiles)
+    heavy = tuple(ELEMENT_INDEX.get(a.GetSymbol(), -1) for a in mol.GetAtoms())
+    scaf: tuple[int, ...] = ()
+    core = MurckoScaffold.GetScaffoldForMol(mol)
+    if core.GetNumAtoms():
+        scaf = tuple(mol.GetSubstructMatch(core))
+    return bytes(_VOCAB.encode(text)), heavy, scaf
+
+
+def _embed(mol: Any, seed: int) -> np.ndarray | None:
+    """ETKDG v3 coordinates ``[n, 3]`` of ``mol`` (hydrogens as given), or None if embedding fails."""
+    from rdkit.Chem import rdDistGeom
+
+    for random_coords in (False, True):
+        params = rdDistGeom.ETKDGv3()
+        params.randomSeed = int(seed)
+        params.useRandomCoords = random_coords
+        params.numThreads = 1
+        if hasattr(params, "timeout"):
+            params.timeout = 10
+        if rdDistGeom.EmbedMolecule(mol, params) == 0:
+            return np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
+    return None
+
+
+def scaffold_from_smiles(smiles: str, seed: int = 0) -> Scaffold:
+    """A user scaffold / fragment SMILES -> its heavy atoms with ETKDG coordinates.
+
+    Raises:
+        MolgenError: unparsable SMILES, elements outside H C N O F, no heavy atom, failed embedding.
+    """
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    _block = BlockLogs()  # noqa: F841
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise MolgenError(f"--scaffold '{smiles}' is not a valid SMILES")
+    bad = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ELEMENTS))
+    if bad:
+        raise MolgenError(f"--scaffold '{smiles}' has atoms outside {', '.join(ELEMENTS)}: {', '.join(bad)}")
+    mh = Chem.AddHs(mol)
+    pos = _embed(mh, seed)
+    if pos is None:
+        raise MolgenError(f"RDKit could not embed --scaffold '{smiles}' in 3D")
+    heavy = [a.GetIdx() for a in mh.GetAtoms() if a.GetSymbol() != "H"]
+    if not heavy:
+        raise MolgenError(f"--scaffold '{smiles}' has no heavy atom")
+    atoms = [mh.GetAtomWithIdx(i) for i in heavy]
+    return Scaffold(
+        types=torch.tensor([ELEMENT_INDEX[a.GetSymbol()] for a in atoms]),
+        charges=torch.tensor([a.GetFormalCharge() for a in atoms]),
+        pos=torch.from_numpy(pos[heavy]).float(),
+    )
+
+
+def smiles_to_molecule(smiles: str, seed: int) -> Molecule3D:
+    """A generated explicit-H string -> :class:`Molecule3D` (see the module docstring)."""
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    types, charges = parse_atoms(tokenize(smiles))
+    n = len(types)
+    invalid = Molecule3D(atom_types=np.asarray(types, dtype=np.int64), positions=np.full((n, 3), np.nan),
+                         charges=np.asarray(charges, dtype=np.int64), smiles=smiles)
+    _block = BlockLogs()  # noqa: F841
+    params = Chem.SmilesParserParams()
+    params.removeHs = False
+    mol = Chem.MolFromSmiles(smiles, params) if n else None
+    if mol is None or mol.GetNumAtoms() != n:
+        return invalid
+    kek = Chem.Mol(mol)
+    try:
+        Chem.Kekulize(kek, clearAromaticFlags=True)
+    except Exception:  # noqa: BLE001 — RDKit accepted it, so this is not expected; count it invalid
+        return invalid
+    bonds = np.zeros((n, n), dtype=np.int64)
+    for b in kek.GetBonds():
+        i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
+        order = int(round(b.GetBondTypeAsDouble()))
+        if order not in (1, 2, 3):
+            return invalid
+        bonds[i, j] = bonds[j, i] = order
+    pos = _embed(Chem.AddHs(mol), seed)  # implicit H RDKit adds are appended after the n atoms
+    return Molecule3D(
+        atom_types=np.asarray([ELEMENT_INDEX[a.GetSymbol()] for a in mol.GetAtoms()], dtype=np.int64),
+        positions=np.full((n, 3), np.nan) if pos is None else pos[:n],
+        charges=np.asarray([a.GetFormalCharge() for a in mol.GetAtoms()], dtype=np.int64),
+        bonds=bonds,
+        smiles=smiles,
+    )
+
+
+def _contains(mol: Molecule3D, query: Any) -> bool:
+    from rdkit import Chem
+    from rdkit.rdBase import BlockLogs
+
+    if mol.bonds is None:
+        return False
+    _block = BlockLogs()  # noqa: F841
+    params = Chem.SmilesParserParams()
+    params.removeHs = False
+    m = Chem.MolFromSmiles(mol.smiles, params)
+    return m is not None and m.HasSubstructMatch(query)
+
+
+_VOCAB = Vocabulary.default()
+assert len(_VOCAB) < 256  # token ids fit in bytes (see _training_record)
+
+
+# ---------------------------------------------------------------------------------- the family
+
+
+@register("smiles-ar")
+class SmilesAR(Generator):
+    """Conditional SMILES Transformer with scaffold memory (see the module docstring).
+
+    Args:
+        cfg: run configuration; ``cfg.family`` is a :class:`SmilesARConfig`.
+        stats: training statistics (atom-count histogram, property normalization).
+    """
+
+    config_cls = SmilesARConfig
+
+    def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
+        super().__init__(cfg, stats)
+        fc = self.fc = cfg.family
+        if fc.max_len < stats.max_atoms + 1:
+            raise MolgenError(f"family.max_len ({fc.max_len}) must exceed the largest atom count ({stats.max_atoms})")
+        self.vocab = _VOCAB
+        d, V = fc.d_model, len(self.vocab)
+        self.num_types = len(ELEMENTS)
+        self.cond = ConditionEncoder(len(stats.properties), cfg.backbone.cond_dim, use_time=False)
+        self.cond_proj = nn.Linear(cfg.backbone.cond_dim, d)
+        self.tok_emb = nn.Embedding(V, d)
+        self.pos_emb = nn.Embedding(fc.max_len, d)
+        self.rem_emb = nn.Embedding(stats.max_atoms + 1, d)  # atoms still to place
+        # scaffold memory: the shared backbone on (one-hot element, formal charge) of scaffold atoms
+        self.scaffold_net = EquivariantBackbone(self.num_types + 1, cfg.backbone)
+        self.mem_proj = nn.Linear(cfg.backbone.scalar_dim, d)
+        self.null_memory = nn.Parameter(torch.randn(d) * 0.02)
+        self.blocks = nn.ModuleList([DecoderBlock(d, fc.num_heads, fc.ff_mult, fc.dropout)
+                                     for _ in range(fc.num_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, V)
+        self.drop = nn.Dropout(fc.dropout)
+
+    # ------------------------------------------------------------------ memory (scaffolds)
+    def encode_memory(self, scaffolds: Sequence[Scaffold | None]) -> tuple[Tensor, Tensor]:
+        """Memory tokens ``[B, 1 + M, d]`` and their mask ``[B, 1 + M]`` (token 0: "no scaffold")."""
+        B, device = len(scaffolds), self.device
+        dtype = self.null_memory.dtype
+        null = self.null_memory.expand(B, 1, -1)
+        have = [i for i, s in enumerate(scaffolds) if s is not None and s.types.numel() > 0]
+        if not have:
+            return null, torch.ones(B, 1, dtype=torch.bool, device=device)
+        types = torch.cat([scaffolds[i].types for i in have]).to(device)
+        charges = torch.cat([scaffolds[i].charges for i in have]).to(device)
+        pos = torch.cat([scaffolds[i].pos for i in have]).to(device, dtype)
+        counts = torch.tensor([scaffolds[i].types.numel() for i in have], device=device)
+        batch = torch.repeat_interleave(torch.arange(len(have), device=device), counts)
+        h = torch.cat([F.one_hot(types, self.num_types).to(dtype), charges.to(dtype)[:, None]], dim=-1)
+        out = self.scaffold_net(h, pos, batch, None, num_graphs=len(have))
+        tokens = self.mem_proj(out.scalars)  # [m_total, d]
+        dense, mask = to_dense_batch(tokens, batch, batch_size=len(have))  # [b, M, d], [b, M]
+        M = dense.shape[1]
+        mem = torch.zeros(B, M, tokens.shape[-1], device=device, dtype=tokens.dtype)
+        mmask = torch.zeros(B, M, dtype=torch.bool, device=device)
+        idx = torch.tensor(have, device=device)
+        mem = mem.index_copy(0, idx, dense)
+        mmask = mmask.index_copy(0, idx, mask)
+        return (torch.cat([null.to(mem.dtype), mem], dim=1),
+                torch.cat([torch.ones(B, 1, dtype=torch.bool, device=device), mmask], dim=1))
+
+    # ------------------------------------------------------------------ the decoder
+    def condition(self, y: Tensor, y_mask: Tensor) -> Tensor:
+        """``[B, d]`` condition added at every position."""
+        return self.cond_proj(self.cond(y.shape[0], None, y, y_mask))
+
+    def _embed(self, ids: Tensor, start: int, remaining: Tensor, cond: Tensor) -> Tensor:
+        # ids, remaining: [B, T] -> [B, T, d]
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        rem = remaining.clamp(0, self.rem_emb.num_embeddings - 1)
+        x = self.tok_emb(ids) + self.pos_emb(pos)[None] + self.rem_emb(rem) + cond[:, None, :]
+        return self.drop(x)
+
+    def forward_tokens(self, ids: Tensor, n_atoms: Tensor, y: Tensor, y_mask: Tensor,
+                       memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Raw next-token logits ``[B, T, V]`` for inputs ``ids [B, T]`` (``ids[:, 0]`` = ``<bos>``).
+
+        Args:
+            n_atoms: ``[B]`` requested atom counts N.
+            y, y_mask: ``[B, P]`` normalized labels and mask.
+            memory: from :meth:`encode_memory` (default: no scaffold).
+        """
+        B = ids.shape[0]
+        if memory is None:
+            memory = self.encode_memory([None] * B)
+        remaining = n_atoms[:, None] - self.vocab.is_atom.to(ids.device)[ids].long().cumsum(1)
+        x = self._embed(ids, 0, remaining, self.condition(y, y_mask))
+        for block in self.blocks:
+            x = block(x, *memory)
+        return self.head(self.ln_f(x))
+
+    def allowed_tokens(self, count: Tensor, n_atoms: Tensor, t: Tensor | int) -> Tensor:
+        """Constraint mask ``[..., V]``: which tokens may come at 1-based position ``t``.
+
+        Args:
+            count: ``[...]`` atoms emitted before this position.
+            n_atoms: ``[...]`` requested atom counts N.
+            t: position (``1..max_len``), a tensor broadcastable to ``count`` or an int.
+        """
+        v = self.vocab
+        is_atom, special, opens = (z.to(count.device) for z in (v.is_atom, v.is_special, v.opens))
+        eos = torch.zeros_like(is_atom)
+        eos[v.eos] = True
+        need = (n_atoms - count)[..., None]
+        slots = (self.fc.max_len - torch.as_tensor(t, device=count.device) + 1)
+        slots = slots[..., None] if slots.dim() else slots
+        allowed = ~special.expand(*need.shape[:-1], -1)
+        allowed = allowed & ((need > 0) | ~opens)  # after the N-th atom: no atom, branch or dot
+        allowed = allowed & ((need == 0) | ~eos)  # before it: no end
+        forced = (need > 0) & (need >= slots - 1)  # the atoms still needed fill the remaining slots
+        allowed = allowed & (~forced | is_atom)
+        return allowed & ((slots > 1) | eos)  # the last slot ends the string
+
+    # ------------------------------------------------------------------ data -> tokens
+    def _labels(self, batch: Any, train: bool) -> tuple[Tensor, Tensor]:
+        """As :meth:`molgen.models.pointcloud.PointCloudGenerator.labels`: masked labels, dropped in training."""
+        B, P = batch.num_graphs, len(self.properties)
+        if P == 0:
+            z = torch.zeros(B, 0, device=batch.pos.device, dtype=batch.pos.dtype)
+            return z, z
+        y, mask = batch.y.view(B, P), batch.y_mask.view(B, P).to(batch.y.dtype)
+        if train:
+            keep_prop = (torch.rand(B, P, device=y.device) >= self.fc.prop_drop_prob).to(y.dtype)
+            keep_all = (torch.rand(B, 1, device=y.device) >= self.fc.cond_drop_prob).to(y.dtype)
+            mask = mask * keep_prop * keep_all
+        return y * mask, mask
+
+    def encode_batch(self, batch: Any) -> dict[str, Any]:
+        """Token tensors of a graph batch (its ``smiles`` list).
+
+        Returns:
+            ``inputs [B, T]`` (``<bos>`` + tokens), ``targets [B, T]`` (tokens + ``<eos>``, ``<pad>``
+            after), ``n_atoms [B]`` (atom tokens), ``ok [B]`` (encodable and within ``max_len``),
+            ``chars [B]`` (string length + 1) and ``records`` (see :func:`_training_record`).
+        """
+        v, L = self.vocab, self.fc.max_len
+        smiles = batch.smiles if isinstance(batch.smiles, (list, tuple)) else [batch.smiles]
+        records = [_training_record(s) for s in smiles]
+        seqs, ok, chars = [], [], []
+        for rec in records:
+            good = rec is not None and len(rec[0]) + 1 <= L and v.unk not in rec[0]
+            seqs.append(list(rec[0]) if good else [])
+            ok.append(good)
+            chars.append(sum(len(v.tokens[i]) for i in seqs[-1]) + 1)
+        T = max(len(s) for s in seqs) + 1
+        inputs = torch.full((len(seqs), T), v.pad, dtype=torch.long)
+        targets = torch.full((len(seqs), T), v.pad, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            inputs[i, : len(s) + 1] = torch.tensor([v.bos, *s])
+            targets[i, : len(s) + 1] = torch.tensor([*s, v.eos])
+        device = batch.pos.device
+        inputs, targets = inputs.to(device), targets.to(device)
+        n_atoms = v.is_atom.to(device)[targets].long().sum(1)
+        return {"inputs": inputs, "targets": targets, "n_atoms": n_atoms,
+                "ok": torch.tensor(ok, device=device), "chars": torch.tensor(chars, device=device),
+                "records": records}
+
+    def training_scaffolds(self, batch: Any, records: list, use: Tensor) -> list[Scaffold | None]:
+        """Murcko scaffolds of the batch molecules with their own QM9 coordinates (where ``use``)."""
+        out: list[Scaffold | None] = []
+        h = ELEMENT_INDEX["H"]
+        ptr = batch.ptr.tolist()
+        for i, rec in enumerate(records):
+            if rec is None or not bool(use[i]) or not rec[2]:
+                out.append(None)
+                continue
+            types = batch.atom_types[ptr[i]:ptr[i + 1]]
+            heavy = torch.nonzero(types != h).flatten()
+            if tuple(types[heavy].tolist()) != rec[1]:  # geometry not in SMILES atom order
+                out.append(None)
+                continue
+            sel = heavy[list(rec[2])] + ptr[i]
+            out.append(Scaffold(types=batch.atom_types[sel], charges=batch.charges[sel], pos=batch.pos[sel]))
+        return out
+
+    def token_log_probs(self, batch: Any, train: bool) -> tuple[Tensor, dict[str, Any]]:
+        """Constrained log-probability of each target token ``[B, T]`` (0 at padding), and the encoding."""
+        enc = self.encode_batch(batch)
+        y, y_mask = self._labels(batch, train)
+        B = batch.num_graphs
+        if train:
+            use = torch.rand(B, device=batch.pos.device) < self.fc.scaffold_prob
+            memory = self.encode_memory(self.training_scaffolds(batch, enc["records"], use))
+        else:
+            memory = self.encode_memory([None] * B)
+        n = enc["n_atoms"]
+        logits = self.forward_tokens(enc["inputs"], n, y, y_mask, memory)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 under bf16 autocast
+        targets = enc["targets"]
+        is_atom = self.vocab.is_atom.to(targets.device)[targets].long()
+        count = is_atom.cumsum(1) - is_atom  # atoms before each target
+        t = torch.arange(1, targets.shape[1] + 1, device=targets.device)[None].expand_as(targets)
+        allowed = self.allowed_tokens(count, n[:, None].expand_as(count), t)
+        logp = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+        lp = logp.gather(-1, targets[..., None])[..., 0]
+        real = (targets != self.vocab.pad) & enc["ok"][:, None]
+        return torch.where(real, lp, torch.zeros_like(lp)), enc
+
+    # ------------------------------------------------------------------ protocol
+    def loss(self, batch: Any) -> dict[str, Tensor]:
+        """Mean token negative log-likelihood under teacher forcing (with label/scaffold dropout)."""
+        lp, enc = self.token_log_probs(batch, train=True)
+        n_tok = ((enc["targets"] != self.vocab.pad) & enc["ok"][:, None]).sum().clamp(min=1)
+        nll = -lp.sum() / n_tok
+        return {"loss": nll, "token_nll": nll.detach(), "ok_frac": enc["ok"].float().mean()}
+
+    def sequence_log_prob(self, batch: Any) -> dict[str, Tensor]:
+        """``log_prob [B]`` = log p(s | y, N) in nats (end token included; ``-inf`` if unencodable),
+        ``tokens [B]`` (incl. the end token), ``chars [B]`` (string length + 1), ``n_atoms [B]``."""
+        was_training = self.training
+        self.eval()
+        try:
+            lp, enc = self.token_log_probs(batch, train=False)
+        finally:
+            self.train(was_training)
+        log_prob = lp.sum(1)
+        log_prob = torch.where(enc["ok"], log_prob, torch.full_like(log_prob, float("-inf")))
+        tokens = (enc["targets"] != self.vocab.pad).sum(1)
+        return {"log_prob": log_prob, "tokens": tokens, "chars": enc["chars"], "n_atoms": enc["n_atoms"]}
+
+    def log_likelihood(self, batch: Any) -> Tensor:
+        """Exact ``log p(s | y, N) + log p(N)`` per molecule, in nats (see the module docstring)."""
+        out = self.sequence_log_prob(batch)
+        return out["log_prob"] + self.stats.log_prob_n_atoms(out["n_atoms"]).to(out["log_prob"].dtype)
+
+    def perplexity(self, batch: Any) -> float:
+        """``exp`` of the mean NLL per token (end token included) of the batch's strings."""
+        with torch.no_grad():
+            out = self.sequence_log_prob(batch)
+        return float(torch.exp(-out["log_prob"].sum() / out["tokens"].sum()))
+
+    def bits_per_character(self, batch: Any) -> float:
+        """NLL of the strings in bits per character (characters of the explicit-H SMILES + 1 for the end)."""
+        with torch.no_grad():
+            out = self.sequence_log_prob(batch)
+        return float(-out["log_prob"].sum() / (math.log(2.0) * out["chars"].sum()))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: Targets | None = None,
+        n_atoms: int | Sequence[int] | Tensor | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        scaffold: str | Sequence[str] | None = None,
+    ) -> list[Molecule3D]:
+        """``n`` molecules with exactly the requested atom counts (``steps`` is ignored)."""
+        temperature = float(temperature)
+        if not temperature > 0:
+            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
+        top_k = None if top_k is None else int(top_k)
+        top_p = None if top_p is None else float(top_p)
+        guidance = self.fc.guidance if guidance is None else float(guidance)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,))))
+        counts = self.resolve_n_atoms(n, n_atoms, gen)
+        y_all, mask_all = self.resolve_cond(n, cond)
+        scaffolds, queries = self._sampling_scaffolds(n, scaffold, 0 if seed is None else seed)
+        bs = batch_size or self.fc.sample_batch_size
+        ids: list[list[int]] = []
+        for start in range(0, n, bs):
+            sl = slice(start, min(n, start + bs))
+            ids.extend(self._decode(counts[sl], y_all[sl], mask_all[sl], scaffolds[sl], guidance,
+                                    temperature, top_k, top_p, gen, progress))
+        rd_seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
+        mols = [smiles_to_molecule(self.vocab.decode(s), rd_seeds[i]) for i, s in enumerate(ids)]
+        annotate_targets(mols, cond)
+        if queries is not None:
+            for m, q in zip(mols, queries):
+                m.properties["scaffold_match"] = float(_contains(m, q))
+        return mols
+
+    def _sampling_scaffolds(self, n: int, scaffold: str | Sequence[str] | None,
+                            seed: int) -> tuple[list[Scaffold | None], list | None]:
+        if scaffold is None:
+            return [None] * n, None
+        from rdkit import Chem
+
+        texts = [scaffold] * n if isinstance(scaffold, str) else list(scaffold)
+        if len(texts) != n:
+            raise MolgenError(f"got {len(texts)} scaffolds for {n} molecules")
+        cache: dict[str, tuple[Scaffold, Any]] = {}
+        for s in texts:
+            if s not in cache:
+                cache[s] = (scaffold_from_smiles(s, seed), Chem.MolFromSmiles(s))
+        return [cache[s][0] for s in texts], [cache[s][1] for s in texts]
+
+    def _decode(self, counts: Tensor, y: Tensor, y_mask: Tensor, scaffolds: list[Scaffold | None], guidance: float,
+                temperature: float, top_k: int | None, top_p: float | None, gen: torch.Generator,
+                progress: bool) -> list[list[int]]:
+        """Token ids (up to and excluding ``<eos>``) of one chunk, by cached incremental decoding."""
+        device, v, L = self.device, self.vocab, self.fc.max_len
+        B = counts.numel()
+        n = counts.to(device)
+        guided = guidance != 0.0 and y.shape[1] > 0
+        mem = self.encode_memory(scaffolds)
+        cond = self.condition(y, y_mask)
+        if guided:  # second half of the batch: the same strings without labels
+            mem = (torch.cat([mem[0], mem[0]]), torch.cat([mem[1], mem[1]]))
+            cond = torch.cat([cond, self.condition(torch.zeros_like(y), torch.zeros_like(y_mask))])
+        reps = 2 if guided else 1
+        caches = [{"self": {}, "cross": {}} for _ in self.blocks]
+        is_atom = v.is_atom.to(device)
+        tok = torch.full((B,), v.bos, dtype=torch.long, device=device)
+        count = torch.zeros(B, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        out = []
+        steps = range(1, L + 1)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="sampling", leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        for t in steps:
+            x = self._embed(tok.repeat(reps)[:, None], t - 1, (n - count).repeat(reps)[:, None], cond)
+            for block, cache in zip(self.blocks, caches):
+                x = block(x, *mem, cache=cache)
+            logits = self.head(self.ln_f(x))[:, -1].float()  # [reps * B, V]
+            if guided:
+                logits = (1 + guidance) * logits[:B] - guidance * logits[B:]
+            logits = logits.masked_fill(~self.allowed_tokens(count, n, t), float("-inf")) / temperature
+            logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+            u = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
+            cdf = logits.double().softmax(-1).cumsum(-1)
+            nxt = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=len(v) - 1)
+            nxt = torch.where(done, torch.full_like(nxt, v.pad), nxt)
+            out.append(nxt)
+            count = count + is_atom[nxt].long()
+            done = done | (nxt == v.eos)
+            tok = nxt
+            if bool(done.all()):
+                break
+        ids = torch.stack(out, 1).cpu().tolist()
+        return [[i for i in row if i not in (v.eos, v.pad)] for row in ids]

@@ -1,0 +1,466 @@
+"""``vae``: a conditional graph VAE whose encoder is the shared E(3)-equivariant backbone.
+
+Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014; a one-shot graph decoder over a
+fixed number of node slots as in GraphVAE (Simonovsky & Komodakis, ICANN 2018); a conditional
+prior as in the CVAE (Sohn, Lee & Yan, NeurIPS 2015); the importance-weighted bound of Burda,
+Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+
+- **Encoder** ``q(z | G)``: the shared backbone over the 3D molecule (scaled one-hot atom types +
+  formal charges, true positions, no condition) -> its invariant graph embedding -> mean and
+  log-variance of a graph-level latent ``z`` (``latent_dim``). ``z`` is therefore invariant under
+  rotations, reflections, translations and atom permutations. No per-node latents.
+- **Prior** ``p(z | y)``: a diagonal Gaussian whose mean and log-variance are a linear map of the
+  condition vector ``c(y, mask)`` (:class:`~molgen.nn.conditioning.ConditionEncoder`, no time).
+  With every label masked it is the unconditional prior; it starts as N(0, I). A learned
+  conditional prior lets the KL term place molecules with property ``y`` where ``p(z | y)`` puts
+  its mass, so conditional sampling does not rely on the decoder reading ``y`` alone.
+- **Decoder** ``p(G | z, y, N)``: a Transformer over ``N`` node slots (slot embedding + atom-count
+  embedding + a linear map of ``(z, c)``); per slot a categorical over atom types and over the
+  formal charge (-1, 0, +1; ``include_charges``), per pair ``i < j`` a categorical over the bond
+  order (0 none, 1, 2, 3) from a symmetric pair feature (:mod:`molgen.nn.graph_decoder`).
+  Factorized given ``z``.
+- **Node order.** Reconstruction needs one: the target graph is the molecule's source SMILES
+  (``batch.smiles``) with hydrogens added, kekulized, atoms in molgen's canonical order (heavy
+  atoms, then hydrogens, each by RDKit's canonical ranking; :func:`molgen.chem.molgraph.canonical_graph`).
+  Where a graph has no SMILES, or the SMILES's atom count differs from the geometry's, the graph's
+  own atom order is used with bonds from EDM's distance rule.
+- **Coordinates** are not learned: RDKit ETKDG embeds each decoded graph
+  (:func:`molgen.chem.molgraph.embed_graph`, hydrogens already explicit, the atom count never
+  changes). A graph RDKit cannot sanitize or embed keeps its atoms and ``bonds`` with NaN
+  positions; the metrics judge every molecule by its decoded ``bonds``.
+
+``log_likelihood`` is the **ELBO** ``E_q[log p(G | z, y, N)] - KL(q(z | G) || p(z | y)) + log p(N)``
+in nats per molecule, a lower bound of ``log p(G, N | y)`` for the canonically ordered graph (no
+sum over the N! orderings; positions are not modelled). The KL term is exact (two diagonal
+Gaussians); the expectation uses ``elbo_samples`` reparameterized draws. ``log_likelihood_iw(batch, k)``
+is the **IWAE** bound with ``k`` samples (>= the ELBO in expectation, -> ``log p`` as k grows).
+``log p(N)`` is the training atom-count histogram's.
+
+Training minimizes the negative ELBO per atom with the KL weighted by ``kl_weight`` and free bits
+(``free_bits`` nats per latent dimension, see :meth:`GraphVAE.loss`); labels are dropped as in the
+point-cloud families (``cond_drop_prob``, ``prop_drop_prob``).
+
+Sampling draws ``z ~ p(z | y)`` and decodes each categorical by its most likely value (argmax).
+``steps`` is ignored (one decoder pass). ``guidance`` w is classifier-free guidance on the
+decoder's logits, ``(1 + w) l(z, y) - w l(z, no labels)`` (0: none); the prior stays ``p(z | y)``.
+Latent evaluation: :func:`latent_probe_r2` and :func:`interpolate` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from molgen.chem.bonds import bond_order_matrix
+from molgen.chem.elements import Molecule3D
+from molgen.chem.molgraph import MolGraph, canonical_graph, embed_graph
+from molgen.config import RunConfig
+from molgen.data.graphs import DatasetStats
+from molgen.data.properties import get_property
+from molgen.errors import MolgenError
+from molgen.models.base import Targets
+from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator, annotate_targets
+from molgen.models.registry import register
+from molgen.nn.backbone import EquivariantBackbone
+from molgen.nn.conditioning import ConditionEncoder
+from molgen.nn.graph_decoder import CHARGES, DecoderLogits, GraphDecoder
+
+
+@dataclass
+class VAEConfig(PointCloudConfig):
+    """Family options of ``vae`` (YAML section ``family:``).
+
+    The inherited ``type_scale`` / ``charge_scale`` scale the encoder's input features,
+    ``include_charges`` also decides whether charges are decoded; ``sampling_steps`` is unused.
+    """
+
+    latent_dim: int = 64
+    decoder_dim: int = 256
+    decoder_layers: int = 4
+    decoder_heads: int = 8
+    kl_weight: float = 1.0
+    free_bits: float = 0.1
+    elbo_samples: int = 1
+
+
+class GraphTargets(NamedTuple):
+    """Canonically ordered target graphs, padded: types/charge classes ``[B, L]``, bonds ``[B, L, L]``."""
+
+    types: Tensor
+    charges: Tensor  # class index into CHARGES
+    bonds: Tensor
+    mask: Tensor  # [B, L] bool
+    counts: Tensor  # [B]
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Tensor | None = None,
+                prior_logvar: Tensor | None = None, reduce: bool = True) -> Tensor:
+    """``KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar))`` of diagonal Gaussians, summed over the last
+    axis (per dimension with ``reduce=False``).
+
+    The prior defaults to N(0, I): ``0.5 * sum(mu^2 + e^logvar - 1 - logvar)``.
+    """
+    if prior_mu is None:
+        prior_mu = torch.zeros_like(mu)
+    if prior_logvar is None:
+        prior_logvar = torch.zeros_like(logvar)
+    ratio = torch.exp(logvar - prior_logvar)
+    kl = 0.5 * (ratio + (mu - prior_mu) ** 2 * torch.exp(-prior_logvar) - 1.0 - (logvar - prior_logvar))
+    return kl.sum(-1) if reduce else kl
+
+
+def gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """``log N(z; mu, e^logvar)`` of a diagonal Gaussian, summed over the last axis."""
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + np.log(2 * np.pi)).sum(-1)
+
+
+def _full(x: Tensor) -> Tensor:
+    """At least float32 (bf16 / fp16 outputs of autocast), float64 kept."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def _masked_log_prob(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Sum of ``log softmax(logits)[target]`` over the masked positions of each molecule: ``[B]``."""
+    lp = torch.log_softmax(_full(logits), -1).gather(-1, target[..., None])[..., 0]
+    return (lp * mask).flatten(1).sum(-1)
+
+
+@register("vae")
+class GraphVAE(PointCloudGenerator):
+    """Conditional graph VAE (see the module docstring)."""
+
+    config_cls = VAEConfig
+
+    def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
+        super().__init__(cfg, stats)
+        fc, bcfg = self.fc, cfg.backbone
+        if fc.latent_dim < 1 or fc.elbo_samples < 1:
+            raise MolgenError("family.latent_dim and family.elbo_samples must be at least 1")
+        self.encoder = EquivariantBackbone(self.feat_dim, bcfg)
+        self.to_latent = nn.Linear(bcfg.graph_dim, 2 * fc.latent_dim)
+        self.cond = ConditionEncoder(len(stats.properties), bcfg.cond_dim, use_time=False)
+        self.to_prior = nn.Linear(bcfg.cond_dim, 2 * fc.latent_dim)
+        nn.init.zeros_(self.to_prior.weight)  # p(z | y) starts as N(0, I)
+        nn.init.zeros_(self.to_prior.bias)
+        self.decoder = GraphDecoder(fc.latent_dim, bcfg.cond_dim, stats.max_atoms, self.num_types,
+                                    fc.include_charges, fc.decoder_dim, fc.decoder_layers, fc.decoder_heads)
+
+    # ------------------------------------------------------------------ the three distributions
+    def encode(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """``q(z | G)``: mean and log-variance ``[B, latent_dim]`` from the backbone's graph embedding."""
+        B = batch.num_graphs
+        out = self.encoder(self.features(batch), self.positions(batch), batch.batch, None, num_graphs=B)
+        mu, logvar = _full(self.to_latent(out.graph)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def prior(self, y: Tensor, y_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(c, mean, log-variance)`` of ``p(z | y)`` for labels ``[B, P]`` (mask 0: unconditional)."""
+        c = self.cond(y.shape[0], None, y, y_mask)
+        mu, logvar = _full(self.to_prior(c)).chunk(2, dim=-1)
+        return c, mu, logvar.clamp(-12.0, 8.0)
+
+    def kl(self, mu: Tensor, logvar: Tensor, y: Tensor, y_mask: Tensor) -> Tensor:
+        """The KL term ``KL(q(z | G) || p(z | y))`` in nats, ``[B]``, in closed form."""
+        _, mu_p, logvar_p = self.prior(y, y_mask)
+        return gaussian_kl(mu, logvar, mu_p, logvar_p)
+
+    def log_prob_graph(self, logits: DecoderLogits, targets: GraphTargets) -> Tensor:
+        """``log p(G | z, y, N)`` of the canonically ordered target graphs, nats ``[B]``."""
+        mask = targets.mask
+        L = mask.shape[1]
+        upper = torch.ones(L, L, dtype=torch.bool, device=mask.device).triu(1)
+        pair_mask = mask[:, :, None] & mask[:, None, :] & upper
+        out = _masked_log_prob(logits.types, targets.types, mask)
+        out = out + _masked_log_prob(logits.bonds, targets.bonds, pair_mask)
+        if logits.charges is not None:
+            out = out + _masked_log_prob(logits.charges, targets.charges, mask)
+        return out
+
+    # ------------------------------------------------------------------ targets
+    def graph_targets(self, batch: Any) -> GraphTargets:
+        """The batch's graphs in canonical order (module docstring), padded, on the batch's device."""
+        B = batch.num_graphs
+        counts = torch.bincount(batch.batch, minlength=B).cpu()
+        L = int(counts.max())
+        types = np.zeros((B, L), dtype=np.int64)
+        charges = np.full((B, L), CHARGES.index(0), dtype=np.int64)
+        bonds = np.zeros((B, L, L), dtype=np.int64)
+        smiles = getattr(batch, "smiles", None)
+        if isinstance(smiles, str):
+            smiles = [smiles]
+        starts = (torch.cumsum(counts, 0) - counts).tolist()
+        for b, n in enumerate(counts.tolist()):
+            graph = canonical_graph(smiles[b]) if smiles is not None else None
+            if graph is None or graph.num_atoms != n:
+                graph = self._graph_from_positions(batch, starts[b], n)
+            types[b, :n] = graph.atom_types
+            charges[b, :n] = np.clip(graph.charges, CHARGES[0], CHARGES[-1]) - CHARGES[0]
+            i, j, order = graph.edges.T
+            bonds[b, i, j] = order
+            bonds[b, j, i] = order
+        device = batch.pos.device
+        slots = torch.arange(L)
+        return GraphTargets(torch.from_numpy(types).to(device), torch.from_numpy(charges).to(device),
+                            torch.from_numpy(bonds).to(device), (slots[None] < counts[:, None]).to(device),
+                            counts.to(device))
+
+    @staticmethod
+    def _graph_from_positions(batch: Any, start: int, n: int) -> MolGraph:
+        """Fallback target: the graph's own atom order, bonds by EDM's distance rule."""
+        sl = slice(start, start + n)
+        types = batch.atom_types[sl].cpu().numpy()
+        pos = batch.pos[sl].detach().cpu().double().numpy()
+        return MolGraph.from_bond_matrix(types, batch.charges[sl].cpu().numpy(), bond_order_matrix(types, pos))
+
+    # ------------------------------------------------------------------ protocol
+    def _elbo_terms(self, batch: Any, train: bool, samples: int = 1) -> dict[str, Tensor]:
+        targets = self.graph_targets(batch)
+        mu, logvar = self.encode(batch)
+        y, y_mask = self.labels(batch, train)
+        c, mu_p, logvar_p = self.prior(y, y_mask)
+        std = torch.exp(0.5 * logvar)
+        recon = sum(
+            self.log_prob_graph(self.decoder(mu + std * torch.randn_like(mu), c, targets.counts), targets)
+            for _ in range(samples)
+        ) / samples
+        kl_dims = gaussian_kl(mu, logvar, mu_p, logvar_p, reduce=False)  # [B, d]
+        return {"recon": recon, "kl": kl_dims.sum(-1), "kl_dims": kl_dims, "counts": targets.counts}
+
+    def loss(self, batch: Any) -> dict[str, Tensor]:
+        """Negative ELBO per atom (KL weighted by ``kl_weight``, with free bits), averaged over molecules.
+
+        Free bits (Kingma et al., "Improved Variational Inference with Inverse Autoregressive Flow",
+        NeurIPS 2016): a latent dimension whose batch-mean KL is below ``free_bits`` nats is not
+        penalized, which keeps the encoder from collapsing onto the prior before the decoder has
+        learned to read ``z``. The reported ELBO (``log_likelihood``) always uses the full KL.
+        """
+        out = self._elbo_terms(batch, train=True)
+        kl_dims = out["kl_dims"]
+        penalized = (kl_dims.detach().mean(0) >= self.fc.free_bits).to(kl_dims.dtype)  # [d]
+        per_mol = (-out["recon"] + self.fc.kl_weight * (kl_dims * penalized).sum(-1)) / out["counts"]
+        return {"loss": per_mol.mean(), "recon": (-out["recon"]).mean().detach(), "kl": out["kl"].mean().detach()}
+
+    def log_likelihood(self, batch: Any) -> Tensor:
+        """The ELBO (a lower bound of log p(G, N | y)), nats per molecule ``[B]``; see the module docstring."""
+        out = self._elbo_terms(batch, train=False, samples=self.fc.elbo_samples)
+        return out["recon"] - out["kl"] + self.stats.log_prob_n_atoms(out["counts"])
+
+    @torch.no_grad()
+    def log_likelihood_iw(self, batch: Any, k: int = 16) -> Tensor:
+        """The IWAE bound with ``k`` importance samples, nats per molecule ``[B]`` (>= the ELBO on average)."""
+        if k < 1:
+            raise MolgenError("k must be at least 1")
+        targets = self.graph_targets(batch)
+        mu, logvar = self.encode(batch)
+        y, y_mask = self.labels(batch, train=False)
+        c, mu_p, logvar_p = self.prior(y, y_mask)
+        std = torch.exp(0.5 * logvar)
+        log_w = []
+        for _ in range(k):
+            z = mu + std * torch.randn_like(mu)
+            log_w.append(self.log_prob_graph(self.decoder(z, c, targets.counts), targets)
+                         + gaussian_log_prob(z, mu_p, logvar_p) - gaussian_log_prob(z, mu, logvar))
+        bound = torch.logsumexp(torch.stack(log_w), dim=0) - float(np.log(k))
+        return bound + self.stats.log_prob_n_atoms(targets.counts)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def decode_latents(self, z: Tensor, y: Tensor, y_mask: Tensor, counts: Tensor, guidance: float = 0.0,
+                       seeds: Sequence[int] | None = None, progress: bool = False) -> list[Molecule3D]:
+        """Decode latents ``[B, d]`` into molecules of ``counts`` atoms: argmax graphs, ETKDG coordinates.
+
+        Args:
+            z: latents; y, y_mask: normalized labels and mask ``[B, P]``; counts: ``[B]`` atom counts.
+            guidance: classifier-free guidance weight on the decoder logits (module docstring).
+            seeds: one ETKDG seed per molecule (``None``: RDKit's random seeds).
+        """
+        counts = counts.to(z.device)
+        c = self.cond(z.shape[0], None, y, y_mask)
+        logits = self.decoder(z, c, counts)
+        if guidance and y.shape[1]:
+            c_free = self.cond(z.shape[0], None, torch.zeros_like(y), torch.zeros_like(y_mask))
+            free = self.decoder(z, c_free, counts)
+
+            def mix(cond_logits: Tensor | None, free_logits: Tensor | None) -> Tensor | None:
+                return None if cond_logits is None else (1 + guidance) * cond_logits - guidance * free_logits
+
+            logits = DecoderLogits(mix(logits.types, free.types), mix(logits.charges, free.charges),
+                                   mix(logits.bonds, free.bonds), logits.mask)
+        types = logits.types.argmax(-1).cpu().numpy()
+        charges = (np.asarray(CHARGES)[logits.charges.argmax(-1).cpu().numpy()] if logits.charges is not None
+                   else np.zeros_like(types))
+        bonds = torch.triu(logits.bonds.argmax(-1), diagonal=1)
+        bonds = (bonds + bonds.transpose(1, 2)).cpu().numpy()
+        items = range(len(types))
+        if progress:
+            from tqdm import tqdm
+
+            items = tqdm(items, desc="ETKDG", leave=False, mininterval=1.0)
+        mols = []
+        for b in items:
+            n = int(counts[b])
+            seed = -1 if seeds is None else int(seeds[b])
+            mols.append(embed_graph(types[b, :n], charges[b, :n], bonds[b, :n, :n], seed))
+        return mols
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: Targets | None = None,
+        n_atoms: int | Sequence[int] | Tensor | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[Molecule3D]:
+        """``n`` molecules: ``z ~ p(z | y)``, one decoder pass, argmax graph, ETKDG; ``steps`` is ignored."""
+        guidance = self.fc.guidance if guidance is None else guidance
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        counts = self.resolve_n_atoms(n, n_atoms, gen)
+        y_all, mask_all = self.resolve_cond(n, cond)
+        eps = self.randn((n, self.fc.latent_dim), gen)
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
+        bs = batch_size or self.fc.sample_batch_size
+        mols: list[Molecule3D] = []
+        for start in range(0, n, bs):
+            sl = slice(start, min(n, start + bs))
+            _, mu_p, logvar_p = self.prior(y_all[sl], mask_all[sl])
+            z = mu_p + torch.exp(0.5 * logvar_p) * eps[sl]
+            mols.extend(self.decode_latents(z, y_all[sl], mask_all[sl], counts[sl], guidance, seeds[sl], progress))
+        annotate_targets(mols, cond)
+        return mols
+
+
+# ---------------------------------------------------------------------- latent evaluation
+
+
+def _batches(data: Any, batch_size: int = 256) -> Iterable[Any]:
+    """A loader, an iterable of batches, one batch / graph, or a list of graphs -> batches."""
+    from torch_geometric.loader import DataLoader
+
+    if isinstance(data, Data):  # a Batch is a Data too
+        return [data if isinstance(data, Batch) else Batch.from_data_list([data])]
+    if isinstance(data, Sequence) and data and isinstance(data[0], Data) and not isinstance(data[0], Batch):
+        return DataLoader(list(data), batch_size=batch_size)
+    return data
+
+
+@torch.no_grad()
+def latent_means(model: GraphVAE, data: Any) -> tuple[Tensor, Tensor]:
+    """Posterior means ``[M, d]`` and the graphs' normalized labels ``y [M, P]`` (CPU), in data order."""
+    mus, ys = [], []
+    for batch in _batches(data):
+        batch = batch.to(model.device)
+        mus.append(model.encode(batch)[0].cpu())
+        P = len(model.properties)
+        ys.append(batch.y.view(batch.num_graphs, P).float().cpu() if P else torch.zeros(batch.num_graphs, 0))
+    return torch.cat(mus), torch.cat(ys)
+
+
+def linear_probe_r2(features: Tensor, targets: Tensor, *, seed: int = 0) -> Tensor:
+    """R² of a linear probe: least squares (with intercept) on a random half, R² on the other half.
+
+    Args:
+        features: ``[M, d]``; targets: ``[M, T]`` (or ``[M]``); seed: of the random split.
+
+    Returns:
+        ``[T]`` held-out ``1 - SS_res / SS_tot`` (1: exactly linear; <= 0: no better than the mean).
+    """
+    targets = targets.reshape(targets.shape[0], -1).double()
+    M = features.shape[0]
+    if M < 4:
+        raise MolgenError("a linear probe needs at least 4 molecules")
+    perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))
+    train, test = perm[: M // 2], perm[M // 2:]
+    X = torch.cat([features.double(), torch.ones(M, 1, dtype=torch.float64)], dim=1)
+    W = torch.linalg.lstsq(X[train], targets[train], driver="gelsd").solution
+    residual = targets[test] - X[test] @ W
+    total = targets[test] - targets[test].mean(0)
+    return 1.0 - residual.pow(2).sum(0) / total.pow(2).sum(0).clamp(min=1e-300)
+
+
+def latent_probe_r2(model: GraphVAE, data: Any, properties: Sequence[str] | Mapping[str, Any] | None = None,
+                    *, seed: int = 0) -> dict[str, float]:
+    """Linear-probe R² of each property from the latent mean (closed-form least squares, see
+    :func:`linear_probe_r2`).
+
+    Args:
+        model: a trained :class:`GraphVAE`.
+        data: a DataLoader / iterable of batches, a batch, or a list of graphs (``make_graphs``).
+        properties: names among the model's conditioning properties (read from the graphs' labels;
+            default all of them), or ``{name: values [M]}`` in data order for any other quantity.
+        seed: of the train / held-out split.
+    """
+    mu, labels = latent_means(model, data)
+    if properties is None:
+        properties = model.properties
+    if isinstance(properties, Mapping):
+        names = list(properties)
+        values = torch.stack([torch.as_tensor(np.asarray(v, dtype=np.float64)).flatten()
+                              for v in properties.values()], dim=1)
+    else:
+        names = [get_property(p).name for p in properties]
+        missing = [p for p in names if p not in model.properties]
+        if missing:
+            raise MolgenError(f"the graphs carry no labels for {', '.join(missing)}: pass {{name: values}} instead")
+        values = labels[:, [model.properties.index(p) for p in names]]
+    if not names:
+        return {}
+    if values.shape[0] != mu.shape[0]:
+        raise MolgenError(f"got {values.shape[0]} property values for {mu.shape[0]} molecules")
+    r2 = linear_probe_r2(mu, values, seed=seed)
+    return {name: float(v) for name, v in zip(names, r2)}
+
+
+def _as_graph(mol: Molecule3D | Data) -> Data:
+    if isinstance(mol, Data):
+        return Data(pos=mol.pos, atom_types=mol.atom_types, charges=mol.charges, num_nodes=mol.num_nodes)
+    n = mol.num_atoms
+    charges = np.zeros(n) if mol.charges is None else mol.charges
+    return Data(pos=torch.as_tensor(np.asarray(mol.positions), dtype=torch.float32),
+                atom_types=torch.as_tensor(np.asarray(mol.atom_types), dtype=torch.long),
+                charges=torch.as_tensor(np.asarray(charges), dtype=torch.long), num_nodes=n)
+
+
+@torch.no_grad()
+def interpolate(model: GraphVAE, mol_a: Molecule3D | Data, mol_b: Molecule3D | Data, steps: int = 8, *,
+                n_atoms: int | Sequence[int] | None = None, cond: Targets | None = None,
+                seed: int = 0) -> list[Molecule3D]:
+    """Decode ``steps`` points on the straight line between the latent means of two molecules.
+
+    Args:
+        model: a trained :class:`GraphVAE`.
+        mol_a, mol_b: 3D molecules with coordinates (``Molecule3D`` or a graph from ``make_graphs``).
+        steps: number of points, both ends included (>= 2).
+        n_atoms: atom count(s) of the decoded molecules; default the two molecules' counts
+            interpolated linearly and rounded.
+        cond: optional targets (user units) for the decoder and prior; default none.
+        seed: ETKDG seeds are ``seed, seed + 1, ...``.
+
+    Returns:
+        ``steps`` molecules, ``properties["interpolation_t"]`` in [0, 1].
+    """
+    if steps < 2:
+        raise MolgenError("interpolation needs at least 2 steps")
+    batch = Batch.from_data_list([_as_graph(mol_a), _as_graph(mol_b)]).to(model.device)
+    mu, _ = model.encode(batch)
+    t = torch.linspace(0.0, 1.0, steps, device=mu.device)
+    z = (1 - t)[:, None] * mu[0] + t[:, None] * mu[1]
+    if n_atoms is None:
+        na, nb = torch.bincount(batch.batch, minlength=2).float()
+        n_atoms = torch.round((1 - t) * na + t * nb).long().cpu()
+    counts = model.resolve_n_atoms(steps, n_atoms)
+    y, y_mask = model.resolve_cond(steps, cond)
+    mols = model.decode_latents(z, y, y_mask, counts, seeds=list(range(seed, seed + steps)))
+    for m, ti in zip(mols, t.tolist()):
+        m.properties["interpolation_t"] = ti
+    return mols
