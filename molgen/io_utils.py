@@ -46,3 +46,9 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
 
     with atomic_open(path, "wb") as fh:
         torch.save(obj, fh)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` through :func:`atomic_open`."""
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)

@@ -68,6 +68,7 @@ from molgen.config import BackboneConfig, configs_dir, from_dict, read_yaml
 from molgen.data.graphs import compute_stats, make_graphs
 from molgen.data.qm9 import edm_splits, load_qm9
 from molgen.nn.backbone import EquivariantBackbone
+from molgen.io_utils import atomic_write_text
 
 #: Width of the node input: one-hot atom types + one formal-charge channel.
 NODE_IN_DIM = len(ELEMENTS) + 1
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     return 1 if any(r.error for r in results) else 0
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from molgen.config import resolve_config  # noqa: E402
 from molgen.models.registry import family_names, get_family  # noqa: E402
+from molgen.io_utils import atomic_write_text  # noqa: E402
 
 ANCHORS = {  # ../shared/ANCHORS.md, unconditional QM9 (EDM protocol): mol. stability %, valid x unique %
     "diffusion": "EDM 82.0 / 90.7", "flow-matching": "EquiFM 88.3 / 93.5", "flow": "E-NF 4.9 / 39.4",
@@ -123,10 +124,10 @@ def main(argv=None) -> int:
             f"{fmt(r['mol_stability'], True)} | {fmt(r['FCD'])} | {fmt(r['FD_emb'])} | {fmt(r['nll'])} | "
             f"{r['train_s']:.0f} | {r['sample_s']:.0f} | {r['params']:,} | {ANCHORS.get(r['family'], '–')} |")
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
+    atomic_write_text(args.out, text)
     print("\n" + text)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        atomic_write_text(args.json, json.dumps(rows, indent=2, default=str) + "\n")
     return 0
 
 

@@ -35,6 +35,7 @@ from molgen.config import BackboneConfig  # noqa: E402
 from molgen.data.graphs import compute_stats, make_graphs  # noqa: E402
 from molgen.data.qm9 import edm_splits, load_qm9  # noqa: E402
 from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle  # noqa: E402
+from molgen.io_utils import atomic_write_text  # noqa: E402
 
 #: EDM's classifier MAE on Db (Hoogeboom et al. 2022, Table 3 "QM9 (lower-bound)"), in user units.
 EDM_LOWER_BOUND = {"alpha": 0.10, "gap": 0.064, "homo": 0.039, "lumo": 0.036, "mu": 0.043, "Cv": 0.040}
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
         ours, edm = result["mae_db"][p] * f, EDM_LOWER_BOUND[p] * f
         print(f"| {p} | {unit} | {ours:.4g} | {edm:.4g} | {ours / edm:.2f}x |")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
