@@ -139,16 +139,25 @@ def test_log_likelihood_equals_a_step_by_step_loop(tiny) -> None:
 # ------------------------------------------------------------------------------ decoding
 
 
-def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0) -> str:
-    """Greedy decoding by full recomputation of every prefix, guidance combined by hand."""
+def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0, product: bool = False) -> str:
+    """Greedy decoding by full recomputation of every prefix, guidance / experts combined by hand."""
     vocab, L = model.vocab, model.fc.max_len
     ids, count = [], 0
     for t in range(1, L + 1):
         prefix = torch.tensor([[vocab.bos] + ids])
-        logits = model.forward_tokens(prefix, torch.tensor([n]), y, y_mask)[0, -1]
-        if guidance:
-            free = model.forward_tokens(prefix, torch.tensor([n]), torch.zeros_like(y), torch.zeros_like(y_mask))
-            logits = (1 + guidance) * logits - guidance * free[0, -1]
+        run = lambda yy, mm: model.forward_tokens(prefix, torch.tensor([n]), yy, mm)[0, -1]  # noqa: E731
+        free = run(torch.zeros_like(y), torch.zeros_like(y_mask))
+        if product:  # p(s|a) p(s|b) / p(s), each expert guided: sum_p [(1+w) l_p - w l_0] - (P-1) l_0
+            given = [j for j in range(y.shape[1]) if bool(y_mask[0, j])]
+            logits = -(len(given) - 1) * free
+            for j in given:
+                m = torch.zeros_like(y_mask)
+                m[0, j] = y_mask[0, j]
+                logits = logits + (1 + guidance) * run(y * m, m) - guidance * free
+        else:
+            logits = run(y, y_mask)
+            if guidance:
+                logits = (1 + guidance) * logits - guidance * free
         allowed = _allowed_ref(vocab, count, n, t, L)
         nxt = int(logits.masked_fill(~allowed, -math.inf).argmax())
         if nxt == vocab.eos:
@@ -172,6 +181,26 @@ def test_top_k_1_is_greedy_decoding(tiny, guidance: float) -> None:
     again = model.sample(3, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=5, temperature=0.3,
                          guidance=guidance)
     assert [m.smiles for m in again] == [m.smiles for m in mols]
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.5])
+def test_product_of_experts_is_the_hand_combined_greedy_decoding(tiny, guidance: float) -> None:
+    make, _, _ = tiny
+    model = make(2)
+    counts = [6, 4]
+    cond = {"gap": [6.5, 8.0], "mu": [2.0, 0.5]}
+    mols = model.sample(2, n_atoms=counts, cond=cond, top_k=1, seed=0, guidance=guidance, composition="product")
+    y, y_mask = model.resolve_cond(2, cond)
+    with torch.no_grad():
+        for i, (m, n) in enumerate(zip(mols, counts)):
+            assert m.smiles == _greedy_ref(model, n, y[i:i + 1], y_mask[i:i + 1], guidance, product=True)
+    # with one property given, the product is the joint conditional
+    one = model.sample(2, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=0, guidance=guidance,
+                       composition="product")
+    joint = model.sample(2, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=0, guidance=guidance)
+    assert [m.smiles for m in one] == [m.smiles for m in joint]
+    with pytest.raises(MolgenError, match="composition must be one of"):
+        model.sample(1, n_atoms=3, composition="sum")
 
 
 def test_nucleus_keeps_the_smallest_set_with_mass_p() -> None:

@@ -8,7 +8,7 @@ conformer half).
   atoms first, then hydrogens, each group by RDKit's canonical atom ranking
   (``Chem.CanonicalRankAtoms(breakTies=True)`` on the aromatic, explicit-hydrogen molecule). Two
   SMILES of the same molecule give the same atom order; the Kekulé structure is RDKit's choice.
-- :func:`embed_graph` gives a decoded graph 3D coordinates with RDKit's ETKDG (v3) conformer
+- :func:`embed_graph` gives a decoded graph 3D coordinates with an ETKDG (v3) + MMFF94 conformer
   generator. The graph already has its hydrogens as atoms, so no ``Chem.AddHs`` is called and the
   atom count never changes; an under-bonded heavy atom gets implicit hydrogens from sanitization,
   which are not embedded. A graph that RDKit cannot sanitize or embed keeps its atoms and bonds with
@@ -24,10 +24,10 @@ from functools import lru_cache
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import AllChem
 from rdkit.rdBase import BlockLogs
 
 from molgen.chem.build import build_mol, sanitize
+from molgen.chem.conformer import embed_conformer
 from molgen.chem.elements import ELEMENT_INDEX, Molecule3D
 
 #: Gap in Å between the bounding boxes of embedded fragments laid out side by side.
@@ -145,14 +145,8 @@ def embed_graph(
     m, _ = sanitize(build_mol(out))
     if m is None:
         return out
-    _block = BlockLogs()  # noqa: F841
-    params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed)
-    params.embedFragmentsSeparately = True
-    if AllChem.EmbedMolecule(m, params) != 0:
-        params.useRandomCoords = True  # RDKit's advice for molecules the distance-geometry start fails on
-        if AllChem.EmbedMolecule(m, params) != 0:
-            return out
-    pos = m.GetConformer().GetPositions().astype(np.float64)
+    pos = embed_conformer(m, seed, separate_fragments=True)
+    if pos is None:
+        return out
     out.positions = _layout_fragments(pos, Chem.GetMolFrags(m))
     return out

@@ -71,9 +71,9 @@ from molgen.models.registry import register
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.nn.conditioning import ConditionEncoder
 from molgen.nn.graph import remove_mean, scatter_sum
+from molgen.sampling.guidance import check_composition, guidance_experts
 from molgen.sampling.langevin import annealed_langevin, geometric_sigmas, level_of_step
 
-COMPOSITIONS = ("joint", "product")
 
 
 @dataclass
@@ -107,13 +107,7 @@ class EBMConfig(PointCloudConfig):
             raise MolgenError("family.base_scale and family.step_size must be positive")
         if self.steps_per_level < 1:
             raise MolgenError("family.steps_per_level must be at least 1")
-        _check_composition(self.composition)
-
-
-def _check_composition(value: str) -> str:
-    if value not in COMPOSITIONS:
-        raise MolgenError(f"composition must be one of {', '.join(COMPOSITIONS)}, got '{value}'")
-    return value
+        check_composition(self.composition)
 
 
 def _as_bool(value: Any, key: str) -> bool:
@@ -199,24 +193,11 @@ class EnergyBasedModel(PointCloudGenerator):
         """Guided / composed energy per molecule: ``sum_k c_k E(x | condition_k)`` in one batched call.
 
         ``joint``: ``(1 + w) E(x | y) - w E(x | ∅)``. ``product``:
-        ``(1 + w) sum_p E(x | y_p) - (P - 1 + w P) E(x | ∅)`` over the properties given per molecule.
+        ``(1 + w) sum_p E(x | y_p) - (P - 1 + w P) E(x | ∅)`` over the properties given per molecule
+        (:func:`molgen.sampling.guidance.guidance_experts`).
         """
-        B, P = num_graphs, y.shape[1]
-        w = float(guidance) if P > 0 else 0.0  # nothing to guide without properties
-        mask = y_mask.to(y.dtype)
-        none = (torch.zeros_like(y), torch.zeros_like(mask))
-        ones = torch.ones(B, dtype=y.dtype, device=y.device)
-        conds: list[tuple[Tensor, Tensor, Tensor]] = []  # (y_k, mask_k, coefficient [B])
-        if _check_composition(composition) == "product":
-            for p in range(P):
-                m_p = torch.zeros_like(mask)
-                m_p[:, p] = mask[:, p]
-                conds.append((y * m_p, m_p, (1 + w) * mask[:, p]))
-            conds.append((*none, 1 - (1 + w) * mask.sum(1)))
-        else:
-            conds.append((y * mask, mask, (1 + w) * ones))
-            conds.append((*none, -w * ones))
-        conds = [c for c in conds if bool((c[2] != 0).any())]  # skip experts with zero weight
+        B = num_graphs
+        conds = guidance_experts(y, y_mask, guidance, composition)
         K = len(conds)
         offsets = torch.repeat_interleave(torch.arange(K, device=batch.device) * B, batch.numel())
         e = self.energy(
@@ -276,7 +257,7 @@ class EnergyBasedModel(PointCloudGenerator):
         get = lambda key, default: default if overrides.get(key) is None else overrides[key]  # noqa: E731
         try:
             opts = SamplerOptions(
-                composition=_check_composition(str(get("composition", fc.composition))),
+                composition=check_composition(str(get("composition", fc.composition))),
                 mala=_as_bool(get("mala", fc.mala), "mala"),
                 step_size=float(get("step_size", fc.step_size)),
                 steps_per_level=int(get("steps_per_level", fc.steps_per_level)),

@@ -51,7 +51,8 @@ has tokens). Order per step: guidance on raw logits, the constraint mask, temper
 nucleus (top-p: the smallest set of tokens with mass >= p), then an inverse-CDF draw with uniforms
 from a seeded CPU generator (seeded runs match across devices). A KV cache makes a step O(T).
 A valid string becomes a :class:`Molecule3D` with the RDKit atoms (hydrogens explicit, exactly N),
-kekulized bond orders in ``bonds``, formal charges and an ETKDG conformer (of the molecule with
+kekulized bond orders in ``bonds``, formal charges and an ETKDG conformer relaxed with MMFF94
+(:mod:`molgen.chem.conformer`; of the molecule with
 any implicit hydrogens RDKit adds to under-bonded atoms; only the N string atoms are kept;
 ``NaN`` positions if embedding fails, bonds kept). An invalid string keeps the atoms of its atom
 tokens, ``NaN`` positions and ``bonds=None`` (invalid, ``no_structure``). ``smiles`` is the raw
@@ -73,12 +74,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.utils import to_dense_batch
 
+from molgen.chem.conformer import embed_conformer
 from molgen.chem.elements import ELEMENT_INDEX, ELEMENTS, Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
 from molgen.models.base import Generator, Targets
 from molgen.models.pointcloud import annotate_targets
+from molgen.sampling.guidance import check_composition, guidance_experts
 from molgen.models.registry import register
 from molgen.models.smiles_tokenizer import Vocabulary, explicit_h_smiles, parse_atoms, tokenize
 from molgen.nn.backbone import EquivariantBackbone
@@ -99,7 +102,11 @@ class SmilesARConfig:
     prop_drop_prob: float = 0.1  # condition on any subset: drop single labels
     scaffold_prob: float = 0.5  # training: use the molecule's Murcko scaffold as memory
     guidance: float = 0.0
+    composition: str = "joint"  # joint | product: how several targets combine (molgen.sampling.guidance)
     sample_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        check_composition(self.composition)
 
 
 @dataclass
@@ -224,22 +231,6 @@ def _training_record(smiles: str) -> tuple[bytes, tuple[int, ...], tuple[int, ..
     return bytes(_VOCAB.encode(text)), heavy, scaf
 
 
-def _embed(mol: Any, seed: int) -> np.ndarray | None:
-    """ETKDG v3 coordinates ``[n, 3]`` of ``mol`` (hydrogens as given), or None if embedding fails."""
-    from rdkit.Chem import rdDistGeom
-
-    for random_coords in (False, True):
-        params = rdDistGeom.ETKDGv3()
-        params.randomSeed = int(seed)
-        params.useRandomCoords = random_coords
-        params.numThreads = 1
-        if hasattr(params, "timeout"):
-            params.timeout = 10
-        if rdDistGeom.EmbedMolecule(mol, params) == 0:
-            return np.asarray(mol.GetConformer().GetPositions(), dtype=np.float64)
-    return None
-
-
 def scaffold_from_smiles(smiles: str, seed: int = 0) -> Scaffold:
     """A user scaffold / fragment SMILES -> its heavy atoms with ETKDG coordinates.
 
@@ -257,7 +248,7 @@ def scaffold_from_smiles(smiles: str, seed: int = 0) -> Scaffold:
     if bad:
         raise MolgenError(f"--scaffold '{smiles}' has atoms outside {', '.join(ELEMENTS)}: {', '.join(bad)}")
     mh = Chem.AddHs(mol)
-    pos = _embed(mh, seed)
+    pos = embed_conformer(mh, seed)
     if pos is None:
         raise MolgenError(f"RDKit could not embed --scaffold '{smiles}' in 3D")
     heavy = [a.GetIdx() for a in mh.GetAtoms() if a.GetSymbol() != "H"]
@@ -298,7 +289,7 @@ def smiles_to_molecule(smiles: str, seed: int) -> Molecule3D:
         if order not in (1, 2, 3):
             return invalid
         bonds[i, j] = bonds[j, i] = order
-    pos = _embed(Chem.AddHs(mol), seed)  # implicit H RDKit adds are appended after the n atoms
+    pos = embed_conformer(Chem.AddHs(mol), seed)  # implicit H RDKit adds are appended after the n atoms
     return Molecule3D(
         atom_types=np.asarray([ELEMENT_INDEX[a.GetSymbol()] for a in mol.GetAtoms()], dtype=np.int64),
         positions=np.full((n, 3), np.nan) if pos is None else pos[:n],
@@ -582,8 +573,15 @@ class SmilesAR(Generator):
         top_k: int | None = None,
         top_p: float | None = None,
         scaffold: str | Sequence[str] | None = None,
+        composition: str | None = None,
     ) -> list[Molecule3D]:
-        """``n`` molecules with exactly the requested atom counts (``steps`` is ignored)."""
+        """``n`` molecules with exactly the requested atom counts (``steps`` is ignored).
+
+        ``composition`` (default ``family.composition``): ``joint`` conditions on all targets at once;
+        ``product`` multiplies single-property next-token distributions (product of experts, see
+        :mod:`molgen.sampling.guidance`), each guided with ``guidance``.
+        """
+        composition = check_composition(str(composition or self.fc.composition))
         temperature = float(temperature)
         if not temperature > 0:
             raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
@@ -599,8 +597,9 @@ class SmilesAR(Generator):
         ids: list[list[int]] = []
         for start in range(0, n, bs):
             sl = slice(start, min(n, start + bs))
-            ids.extend(self._decode(counts[sl], y_all[sl], mask_all[sl], scaffolds[sl], guidance,
-                                    temperature, top_k, top_p, gen, progress))
+            experts = guidance_experts(y_all[sl].to(self.device), mask_all[sl].to(self.device), guidance,
+                                       composition)
+            ids.extend(self._decode(counts[sl], experts, scaffolds[sl], temperature, top_k, top_p, gen, progress))
         rd_seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
         mols = [smiles_to_molecule(self.vocab.decode(s), rd_seeds[i]) for i, s in enumerate(ids)]
         annotate_targets(mols, cond)
@@ -624,20 +623,24 @@ class SmilesAR(Generator):
                 cache[s] = (scaffold_from_smiles(s, seed), Chem.MolFromSmiles(s))
         return [cache[s][0] for s in texts], [cache[s][1] for s in texts]
 
-    def _decode(self, counts: Tensor, y: Tensor, y_mask: Tensor, scaffolds: list[Scaffold | None], guidance: float,
-                temperature: float, top_k: int | None, top_p: float | None, gen: torch.Generator,
-                progress: bool) -> list[list[int]]:
-        """Token ids (up to and excluding ``<eos>``) of one chunk, by cached incremental decoding."""
+    def _decode(self, counts: Tensor, experts: list[tuple[Tensor, Tensor, Tensor]],
+                scaffolds: list[Scaffold | None], temperature: float, top_k: int | None, top_p: float | None,
+                gen: torch.Generator, progress: bool) -> list[list[int]]:
+        """Token ids (up to and excluding ``<eos>``) of one chunk, by cached incremental decoding.
+
+        ``experts``: the weighted label sets of :func:`molgen.sampling.guidance.guidance_experts`; the
+        K sets run as one batch of ``K * B`` strings that share their tokens, and the next-token
+        logits are ``sum_k c_k logits_k``.
+        """
         device, v, L = self.device, self.vocab, self.fc.max_len
         B = counts.numel()
         n = counts.to(device)
-        guided = guidance != 0.0 and y.shape[1] > 0
+        reps = len(experts)
         mem = self.encode_memory(scaffolds)
-        cond = self.condition(y, y_mask)
-        if guided:  # second half of the batch: the same strings without labels
-            mem = (torch.cat([mem[0], mem[0]]), torch.cat([mem[1], mem[1]]))
-            cond = torch.cat([cond, self.condition(torch.zeros_like(y), torch.zeros_like(y_mask))])
-        reps = 2 if guided else 1
+        cond = torch.cat([self.condition(y_k, m_k) for y_k, m_k, _ in experts])
+        coef = torch.stack([c for _, _, c in experts]).float()[:, :, None]  # [K, B, 1]
+        if reps > 1:
+            mem = (mem[0].repeat(reps, 1, 1), mem[1].repeat(reps, 1))
         caches = [{"self": {}, "cross": {}} for _ in self.blocks]
         is_atom = v.is_atom.to(device)
         tok = torch.full((B,), v.bos, dtype=torch.long, device=device)
@@ -653,9 +656,8 @@ class SmilesAR(Generator):
             x = self._embed(tok.repeat(reps)[:, None], t - 1, (n - count).repeat(reps)[:, None], cond)
             for block, cache in zip(self.blocks, caches):
                 x = block(x, *mem, cache=cache)
-            logits = self.head(self.ln_f(x))[:, -1].float()  # [reps * B, V]
-            if guided:
-                logits = (1 + guidance) * logits[:B] - guidance * logits[B:]
+            logits = self.head(self.ln_f(x))[:, -1].float()  # [K * B, V]
+            logits = (coef * logits.view(reps, B, -1)).sum(0)  # [B, V]
             logits = logits.masked_fill(~self.allowed_tokens(count, n, t), float("-inf")) / temperature
             logits = top_p_filter(top_k_filter(logits, top_k), top_p)
             u = torch.rand(B, generator=gen, dtype=torch.float64).to(device)

@@ -24,7 +24,7 @@ Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
   atoms, then hydrogens, each by RDKit's canonical ranking; :func:`molgen.chem.molgraph.canonical_graph`).
   Where a graph has no SMILES, or the SMILES's atom count differs from the geometry's, the graph's
   own atom order is used with bonds from EDM's distance rule.
-- **Coordinates** are not learned: RDKit ETKDG embeds each decoded graph
+- **Coordinates** are not learned: RDKit ETKDG + MMFF94 (:mod:`molgen.chem.conformer`) embeds each decoded graph
   (:func:`molgen.chem.molgraph.embed_graph`, hydrogens already explicit, the atom count never
   changes). A graph RDKit cannot sanitize or embed keeps its atoms and ``bonds`` with NaN
   positions; the metrics judge every molecule by its decoded ``bonds``.
