@@ -136,10 +136,13 @@ def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, devi
               show_default=True, help="edm-conditional: EDM's conditional MAE protocol (needs --property).")
 @click.option("--property", "prop", metavar="PROP", help="Property of the edm-conditional protocol, e.g. gap.")
 @click.option("--guidance", type=float, help="Classifier-free guidance weight for the conditional protocol.")
+@click.option("--sample-opt", "sample_opts", multiple=True, metavar="KEY=VALUE",
+              help="Family sampler option for the conditional protocol, e.g. temperature=0.8 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tracking-uri", help="MLflow tracking URI.")
-def evaluate(run_id, n, steps, nll_molecules, protocol, prop, guidance, seed, device, tracking_uri) -> None:
+def evaluate(run_id, n, steps, nll_molecules, protocol, prop, guidance, sample_opts, seed, device,
+             tracking_uri) -> None:
     """Sample from a trained run, score the samples and the test NLL, log them into the run."""
     from molgen.evaluate import evaluate_conditional_run, evaluate_run
 
@@ -147,11 +150,13 @@ def evaluate(run_id, n, steps, nll_molecules, protocol, prop, guidance, seed, de
         if not prop:
             raise MolgenError("--protocol edm-conditional needs --property PROP (e.g. --property gap)")
         result = evaluate_conditional_run(run_id, prop, n=n, steps=steps, guidance=guidance, seed=seed,
-                                          tracking_uri=tracking_uri, device=device)
+                                          tracking_uri=tracking_uri, device=device, sample_opts=list(sample_opts))
         click.echo(f"EDM conditional protocol, {result.n} samples ({result.unusable} without coordinates); "
                    f"logged into MLflow run {run_id}:")
         click.echo(result.table())
         return
+    if sample_opts:
+        raise MolgenError("--sample-opt applies to --protocol edm-conditional only")
     metrics = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
                            tracking_uri=tracking_uri, device=device)
     click.echo(f"logged into MLflow run {run_id}:")

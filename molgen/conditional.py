@@ -120,6 +120,7 @@ class ProtocolResult:
         unit, f = DISPLAY_UNITS.get(self.prop, (get_property(self.prop).unit, 1.0))
         lines = [f"| row | {self.prop} MAE ({unit}) |", "|---|---|"]
         lines += [f"| {name} | {value * f:.4g} |" for name, value in self.rows.items()]
+        lines.append(f"| (model samples without coordinates, not scored) | {self.unusable} of {self.n} |")
         return "\n".join(lines)
 
 
@@ -132,8 +133,15 @@ def _oracle_on_split(data, idx: torch.Tensor, oracle) -> np.ndarray:
 
 def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | None = None,
                     guidance: float | None = None, oracle=None, baseline_n: int | None = None,
-                    progress: bool = True) -> ProtocolResult:
-    """Run EDM's conditional protocol for ``prop`` on a generator trained on ``Db`` (see module docstring)."""
+                    progress: bool = True, sample_opts: dict | None = None) -> ProtocolResult:
+    """Run EDM's conditional protocol for ``prop`` on a generator trained on ``Db`` (see module docstring).
+
+    ``sample_opts`` go to the family's ``sample`` (e.g. ``temperature``). Samples without coordinates
+    (invalid strings or graphs that cannot be embedded) cannot be scored: the model's MAE is over the
+    others and their number is a row of the table, never hidden.
+    """
+    from molgen.generate import call_sample
+
     from molgen.data.qm9 import edm_splits, load_qm9
     from molgen.oracle import load_oracle
 
@@ -158,8 +166,8 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
     pick = torch.from_numpy(rng.randint(0, len(db), size=n)).long()
     n_atoms = data.n_atoms[db[pick]]
     targets = data.property(prop)[db[pick]].double().numpy()
-    mols = model.sample(n, cond={prop: targets}, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
-                        progress=progress)
+    mols = call_sample(model, n, cond={prop: targets}, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
+                       progress=progress, **(sample_opts or {}))
     preds, _ = oracle_predict(mols, oracle)
     err = np.abs(preds[:, j] - targets)
     finite = np.isfinite(err)

@@ -4,6 +4,7 @@ and log everything into that same MLflow run."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.graphs import make_graphs, select_indices
 from molgen.data.qm9 import load_qm9
 from molgen.errors import MolgenError
-from molgen.generate import load_model
+from molgen.generate import load_model, parse_sample_options
 from molgen.models.base import Generator
 
 
@@ -97,7 +98,8 @@ def evaluate_run(run_id: str, *, n: int, steps: int | None, nll_molecules: int, 
 
 
 def evaluate_conditional_run(run_id: str, prop: str, *, n: int, steps: int | None, guidance: float | None,
-                             seed: int, tracking_uri: str | None, device: str = "auto"):
+                             seed: int, tracking_uri: str | None, device: str = "auto",
+                             sample_opts: Sequence[str] = ()):
     """EDM's conditional protocol (:func:`molgen.conditional.edm_conditional`) logged into the run.
 
     Metrics: ``cond/<prop>/mae`` (the model), ``cond/<prop>/naive``, ``cond/<prop>/n_atoms``,
@@ -110,7 +112,8 @@ def evaluate_conditional_run(run_id: str, prop: str, *, n: int, steps: int | Non
         raise MolgenError("-n must be at least 1")
     run = get_run(run_id, tracking_uri)
     model = load_model(run_id, None, tracking_uri=tracking_uri, device=device)
-    result = edm_conditional(model, prop, n=n, seed=seed, steps=steps, guidance=guidance)
+    opts = parse_sample_options(list(sample_opts))
+    result = edm_conditional(model, prop, n=n, seed=seed, steps=steps, guidance=guidance, sample_opts=opts)
     metrics = {f"cond/{result.prop}/{k}": v for k, v in result.details.items()}
     metrics[f"cond/{result.prop}/unusable"] = float(result.unusable)
     raw_step = run.data.params.get("train.steps", "0")

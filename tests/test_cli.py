@@ -258,7 +258,8 @@ def test_edm_conditional_protocol_end_to_end(trained, tiny_oracle) -> None:
     proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", "--property", "gap",
                   "-n", "8", "--steps", "3", cwd=trained["cwd"], env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for row in ("Naive (shuffled labels, upper bound)", "#Atoms", "molgen diffusion", "lower bound"):
+    for row in ("Naive (shuffled labels, upper bound)", "#Atoms", "molgen diffusion", "lower bound",
+                "without coordinates, not scored"):
         assert row in proc.stdout
     assert "not 'db'" in proc.stdout  # the fixture run was trained on the full training split
     from mlflow.tracking import MlflowClient
@@ -271,3 +272,9 @@ def test_edm_conditional_protocol_end_to_end(trained, tiny_oracle) -> None:
     proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", "--property", "mu",
                   "-n", "2", cwd=trained["cwd"], env=env)
     assert_one_line_error(proc, "not trained on 'mu'", "supports: gap")
+    # sampler options reach the family's sample(); one it does not take is a one-line error
+    proc = molgen("evaluate", "--run", trained["run_id"], "--protocol", "edm-conditional", "--property", "gap",
+                  "-n", "2", "--sample-opt", "temperature=0.8", cwd=trained["cwd"], env=env)
+    assert_one_line_error(proc, "does not take sampler option(s) temperature")
+    proc = molgen("evaluate", "--run", trained["run_id"], "--sample-opt", "temperature=0.8", cwd=trained["cwd"], env=env)
+    assert_one_line_error(proc, "--sample-opt applies to --protocol edm-conditional only")
