@@ -10,12 +10,14 @@ sampled
 * ``product``: the EBM's product of experts, energies of single-property conditionals summed
   (``--sample-opt composition=product``; only families that take a ``composition`` option),
 
-and the oracle's MAE to each target is reported per property as a Markdown table.
+and the oracle's MAE to each target is reported per property as a Markdown table, next to an
+unconditional row (the same atom counts, no target: what conditioning buys) and the percentage of
+molecules the oracle could score (those with coordinates; the MAE is over them).
 
 Usage::
 
     python scripts/composition_report.py --run RUN_ID [-n 200] [--steps 50] [--guidance 0]
-        [--tracking-uri URI] [--out composition.md]
+        [--sample-opt KEY=VALUE ...] [--tracking-uri URI] [--out composition.md]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from molgen.conditional import DISPLAY_UNITS, oracle_predict  # noqa: E402
 from molgen.data.graphs import select_indices  # noqa: E402
 from molgen.data.qm9 import load_qm9  # noqa: E402
-from molgen.generate import load_model  # noqa: E402
+from molgen.generate import call_sample, load_model, parse_sample_options  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
 
 
@@ -45,10 +47,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="family sampler option for every setting, e.g. temperature=0.8 (repeatable)")
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--out", default="composition.md")
     args = ap.parse_args(argv)
     model = load_model(args.run, None, tracking_uri=args.tracking_uri)
+    common = parse_sample_options(args.sample_opt)
     props = model.properties
     if len(props) < 2:
         print("error: the run must be trained on at least two properties", file=sys.stderr)
@@ -59,24 +64,26 @@ def main(argv=None) -> int:
     n_atoms = data.n_atoms[rows_idx]
     targets = {p: data.property(p)[rows_idx].double().numpy() for p in props}
 
-    settings = [(f"single {p}", {p: targets[p]}, {}) for p in props] + [("joint", targets, {})]
+    settings = [("unconditional (no target)", None, {})]
+    settings += [(f"single {p}", {p: targets[p]}, {}) for p in props] + [("joint", targets, {})]
     if "composition" in inspect.signature(model.sample).parameters:
         settings.append(("product of experts", targets, {"composition": "product"}))
     table = {}
     for name, cond, opts in settings:
-        mols = model.sample(args.n, cond=cond, n_atoms=n_atoms, steps=args.steps, guidance=args.guidance,
-                            seed=args.seed, **opts)
+        mols = call_sample(model, args.n, cond=cond, n_atoms=n_atoms, steps=args.steps, guidance=args.guidance,
+                           seed=args.seed, **common, **opts)
         preds, names = oracle_predict(mols)
         table[name] = {p: float(np.nanmean(np.abs(preds[:, names.index(p)] - targets[p]))) for p in props}
+        table[name]["scored"] = float(np.isfinite(preds).all(axis=1).mean())
         print(name, table[name], flush=True)
     heads = [f"{p} MAE ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
     lines = [f"Run `{args.run}` ({model.name}, trained on {', '.join(props)}), {args.n} molecules, targets "
              f"drawn jointly from its training molecules; machine: {platform.machine()} CPU"
              f"{' / ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}. "
              f"Command: `python scripts/composition_report.py {' '.join(sys.argv[1:] if argv is None else argv)}`.",
-             "", "| conditioning | " + " | ".join(heads) + " |", "|---|" + "---|" * len(props)]
+             "", "| conditioning | " + " | ".join(heads) + " | scored % |", "|---|" + "---|" * (len(props) + 1)]
     for name, maes in table.items():
-        cells = [f"{maes[p] * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}" for p in props]
+        cells = [f"{maes[p] * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}" for p in props] + [f"{100 * maes['scored']:.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.out, text)
