@@ -56,6 +56,17 @@ with open(sys.argv[4], "w") as fh:
 """
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """(wall seconds, peak RSS in MiB, exit status) of one child process."""
     start = time.perf_counter()
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     common = sorted(k for k in b if k in a)
     worst = max(common, key=lambda k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12))
     print(f"file: {args.file}{f' (first {args.n})' if args.n else ''}; jobs {args.jobs}; "
-          f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.processor() or 'cpu'}")
+          f"{os.cpu_count()} CPUs, {cpu_name()}")
     print(f"command: python scripts/bench_moses_vs_reference.py {shlex.join(sys.argv[1:] if argv is None else argv)}\n")
     print("| implementation | wall (s) | peak RSS (MiB) |\n|---|---:|---:|")
     print(f"| molgen benchmark --reference moses | {ours[0]:.0f} | {ours[1]:.0f} |")
