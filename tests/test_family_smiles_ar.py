@@ -20,7 +20,8 @@ from molgen.data.graphs import compute_stats, make_graphs, select_indices
 from molgen.errors import MolgenError
 from molgen.metrics.basic import basic_metrics, invalid_reasons
 from molgen.models.registry import get_family
-from molgen.models.smiles_ar import scaffold_from_smiles, smiles_to_molecule, top_k_filter, top_p_filter
+from molgen.models.smiles_ar import scaffold_from_smiles, smiles_to_molecule
+from molgen.sampling.token_filters import top_k_filter, top_p_filter
 from molgen.models.smiles_tokenizer import (
     BOS, EOS, PAD, UNK, Vocabulary, atom_charge, atom_symbol, explicit_h_smiles, is_atom_token, tokenize,
 )
