@@ -69,6 +69,7 @@ from molgen.data.graphs import compute_stats, make_graphs
 from molgen.data.qm9 import edm_splits, load_qm9
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.io_utils import atomic_write_text
+from molgen.machine import cpu_name
 
 #: Width of the node input: one-hot atom types + one formal-charge channel.
 NODE_IN_DIM = len(ELEMENTS) + 1
@@ -298,19 +299,6 @@ def run_case_isolated(case: Case, opts: Options, cpu_batches: list[InputBatch]) 
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def cpu_name() -> str:
-    """A human-readable CPU name: ``platform.processor()``, else ``/proc/cpuinfo``'s model name."""
-    name = platform.processor()
-    if not name or name == platform.machine():
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-    return name or "unknown CPU"
 
 
 def machine_info() -> dict[str, Any]:

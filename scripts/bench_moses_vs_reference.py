@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from molgen.machine import cpu_name  # noqa: E402
 
 #: Runs MOSES's get_all_metrics in a child process; argv: file, n, jobs, output JSON.
 MOSES_CHILD = r"""
@@ -54,17 +56,6 @@ metrics = get_all_metrics(smiles, n_jobs=int(sys.argv[3]), device="cpu")
 with open(sys.argv[4], "w") as fh:
     json.dump({k: float(v) for k, v in metrics.items()}, fh)
 """
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import platform
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from molgen.data.graphs import select_indices  # noqa: E402
 from molgen.data.qm9 import load_qm9  # noqa: E402
 from molgen.generate import call_sample, load_model, parse_sample_options  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
+from molgen.machine import describe_machine  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
         print(name, table[name], flush=True)
     heads = [f"{p} MAE ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
     lines = [f"Run `{args.run}` ({model.name}, trained on {', '.join(props)}), {args.n} molecules, targets "
-             f"drawn jointly from its training molecules; machine: {platform.machine()} CPU"
-             f"{' / ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}. "
+             f"drawn jointly from its training molecules; machine: {describe_machine()}. "
              f"Command: `python scripts/composition_report.py {' '.join(sys.argv[1:] if argv is None else argv)}`.",
              "", "| conditioning | " + " | ".join(heads) + " | scored % |", "|---|" + "---|" * (len(props) + 1)]
     for name, maes in table.items():

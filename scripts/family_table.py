@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from molgen.config import resolve_config  # noqa: E402
 from molgen.models.registry import family_names, get_family  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
+from molgen.machine import describe_machine  # noqa: E402
 
 ANCHORS = {  # ../shared/ANCHORS.md, unconditional QM9 (EDM protocol): mol. stability %, valid x unique %
     "diffusion": "EDM 82.0 / 90.7", "flow-matching": "EquiFM 88.3 / 93.5", "flow": "E-NF 4.9 / 39.4",
@@ -103,8 +102,7 @@ def main(argv=None) -> int:
             print(f"   {name} failed: {type(exc).__name__}: {exc}", flush=True)
             rows.append({"family": name, "error": f"{type(exc).__name__}: {exc}"})
         print(f"   {rows[-1]}", flush=True)
-    machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-               else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    machine = describe_machine()
     cmd = "python scripts/family_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"Budget: preset `{args.preset}`, {args.steps} training steps each, {args.n} samples with "

@@ -14,7 +14,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from molgen.chem.conformer import embed_conformer  # noqa: E402
 from molgen.chem.elements import ELEMENT_INDEX, Molecule3D  # noqa: E402
 from molgen.conditional import DISPLAY_UNITS, oracle_predict  # noqa: E402
 from molgen.data.qm9 import edm_splits, load_qm9  # noqa: E402
+from molgen.machine import describe_machine  # noqa: E402
 
 
 def _from_smiles(smiles: str, relax: bool, seed: int) -> Molecule3D:
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             cells.append(f"{np.nanmean(err) * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}")
         rows.append(f"| {name} | {int(np.isfinite(preds).all(axis=1).sum())} | " + " | ".join(cells) + " |")
     units = [f"{p} ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
-    print(f"Oracle MAE on {args.n} random Db molecules ({platform.machine()} CPU); "
+    print(f"Oracle MAE on {args.n} random Db molecules ({describe_machine()}); "
           f"command: python scripts/oracle_geometries.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
     print("| geometry | embedded | " + " | ".join(units) + " |")
     print("|---|---:|" + "---:|" * len(props))

@@ -30,8 +30,8 @@ def embed_conformer(mol: Any, seed: int = -1, *, relax: bool = True, separate_fr
         max_iters: force-field iterations.
 
     Returns:
-        ``None`` when RDKit rejects the graph or embedding fails twice (once from ETKDG's start, once from random coordinates,
-        as RDKit advises for molecules the distance-geometry start fails on).
+        ``None`` when RDKit rejects the graph or embedding fails twice (once from ETKDG's start,
+        once from random coordinates, as RDKit advises when the distance-geometry start fails).
     """
     from rdkit.Chem import rdDistGeom, rdForceFieldHelpers
     from rdkit.rdBase import BlockLogs
