@@ -57,7 +57,7 @@ def test_qm9_molecule_rotation_reflection_translation_permutation(qm9, reflect: 
     cond = torch.randn(2, CFG.cond_dim, dtype=torch.float64)
     edge_index = full_edge_index(batch)
     edge_attr = torch.randn(edge_index.shape[1], 2, dtype=torch.float64)
-    out = model(h, pos, batch, cond, edge_index=edge_index, edge_attr=edge_attr)
+    out = model(h, pos, batch, cond, edge_index=edge_index, edge_attr=edge_attr, edge_features=True)
 
     rot = o3.rand_matrix(dtype=torch.float64) * (-1 if reflect else 1)
     shift = torch.randn(3, dtype=torch.float64) * 5
@@ -67,12 +67,14 @@ def test_qm9_molecule_rotation_reflection_translation_permutation(qm9, reflect: 
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel())
     new_edge_index = inv[edge_index]
-    out2 = model(h[perm], (pos @ rot.T + shift)[perm], batch, cond, edge_index=new_edge_index, edge_attr=edge_attr)
+    out2 = model(h[perm], (pos @ rot.T + shift)[perm], batch, cond, edge_index=new_edge_index, edge_attr=edge_attr,
+                 edge_features=True)
 
     assert torch.allclose(out2.scalars, out.scalars[perm], atol=1e-9)
     assert torch.allclose(out2.vectors, (out.vectors @ rot.T)[perm], atol=1e-9)
     assert torch.allclose(out2.edge_features, out.edge_features, atol=1e-9)  # same edges, relabelled
     assert torch.allclose(out2.graph, out.graph, atol=1e-9)
+    assert model(h, pos, batch, cond, edge_index=edge_index, edge_attr=edge_attr).edge_features is None  # opt-in
 
 
 def test_condition_changes_output() -> None:

@@ -2,7 +2,7 @@
 
 Every function takes two float matrices, ``X`` ``[n, d]`` (the samples) and ``Y`` ``[m, d]`` (the
 reference), already free of NaN rows (use :func:`drop_nan_rows` and report what it dropped), and
-computes in float64 numpy:
+computes in float64 (numpy interfaces; the pairwise kernels run in torch, which uses every core):
 
 - :func:`frechet_distance_features`: Fréchet distance between Gaussian fits (FID / FCD style;
   Heusel et al., NeurIPS 2017);
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy.stats import wasserstein_distance
 
 from molgen.metrics.fcd import frechet_distance
@@ -60,10 +61,15 @@ def drop_nan_rows(a: np.ndarray) -> tuple[np.ndarray, int]:
     return a[keep], int((~keep).sum())
 
 
-def _sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def _t(a: np.ndarray) -> torch.Tensor:
+    """A float64 torch view of a numpy array (no copy when already contiguous float64)."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+
+
+def _sq_dists(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``[len(A), len(B)]`` squared Euclidean distances, clipped at 0 against round-off."""
     d2 = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
-    return np.maximum(d2, 0.0, out=d2)
+    return d2.clamp_(min=0.0)
 
 
 def _chunk_rows(n_cols: int) -> int:
@@ -92,8 +98,8 @@ def _unbiased_mmd2(kxx_sum_offdiag: float, kyy_sum_offdiag: float, kxy_sum: floa
     return kxx_sum_offdiag / (n * (n - 1)) + kyy_sum_offdiag / (m * (m - 1)) - 2.0 * kxy_sum / (n * m)
 
 
-def _poly_kernel(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return (A @ B.T / A.shape[1] + 1.0) ** 3
+def _poly_kernel(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return (A @ B.T / A.shape[1] + 1.0).pow_(3)
 
 
 def kid(X: np.ndarray, Y: np.ndarray, subset_size: int = 1000, n_subsets: int = 100,
@@ -109,12 +115,14 @@ def kid(X: np.ndarray, Y: np.ndarray, subset_size: int = 1000, n_subsets: int = 
     X, Y = _check_pair(X, Y)
     s = min(subset_size, len(X), len(Y))
     rng = np.random.RandomState(seed)
+    Xt, Yt = _t(X), _t(Y)
     values = np.empty(n_subsets, dtype=np.float64)
     for t in range(n_subsets):
-        a = X[rng.choice(len(X), s, replace=False)]
-        b = Y[rng.choice(len(Y), s, replace=False)]
+        a = Xt[torch.from_numpy(rng.choice(len(X), s, replace=False))]
+        b = Yt[torch.from_numpy(rng.choice(len(Y), s, replace=False))]
         kxx, kyy, kxy = _poly_kernel(a, a), _poly_kernel(b, b), _poly_kernel(a, b)
-        values[t] = _unbiased_mmd2(kxx.sum() - np.trace(kxx), kyy.sum() - np.trace(kyy), kxy.sum(), s, s)
+        values[t] = _unbiased_mmd2(float(kxx.sum() - kxx.trace()), float(kyy.sum() - kyy.trace()),
+                                   float(kxy.sum()), s, s)
     return float(values.mean()), float(values.std())
 
 
@@ -128,16 +136,18 @@ def median_heuristic(X: np.ndarray, Y: np.ndarray, max_points: int = MAX_MEDIAN_
     if len(Z) > max_points:
         Z = Z[np.random.RandomState(seed).choice(len(Z), max_points, replace=False)]
     iu = np.triu_indices(len(Z), k=1)
-    med = float(np.median(np.sqrt(_sq_dists(Z, Z)[iu])))
+    Zt = _t(Z)
+    med = float(np.median(np.sqrt(_sq_dists(Zt, Zt).numpy()[iu])))
     return med if med > 0 else 1.0
 
 
 def _rbf_sum(A: np.ndarray, B: np.ndarray, gamma: float) -> float:
     """``Σ_{i,j} exp(-gamma ||a_i - b_j||²)``, chunked over the rows of ``A``."""
+    A, B = _t(A), _t(B)
     total = 0.0
     step = _chunk_rows(len(B))
     for i in range(0, len(A), step):
-        total += float(np.exp(-gamma * _sq_dists(A[i : i + step], B)).sum())
+        total += float(_sq_dists(A[i : i + step], B).mul_(-gamma).exp_().sum())
     return total
 
 
@@ -162,16 +172,17 @@ def mmd_rbf(X: np.ndarray, Y: np.ndarray, bandwidth: float | None = None) -> flo
 
 def _kde_logsumexp(train: np.ndarray, query: np.ndarray, bandwidths: np.ndarray) -> np.ndarray:
     """``[len(query), len(bandwidths)]``: ``logsumexp_i(-||q - x_i||² / (2h²))`` for each ``h``."""
-    out = np.empty((len(query), len(bandwidths)), dtype=np.float64)
+    out = torch.empty((len(query), len(bandwidths)), dtype=torch.float64)
+    train, query = _t(train), _t(query)
     step = _chunk_rows(len(train))
     for i in range(0, len(query), step):
         d2 = _sq_dists(query[i : i + step], train)
-        nearest = d2.min(axis=1)
+        nearest = d2.min(dim=1).values
         d2 -= nearest[:, None]  # the largest term is exp(0): a stable logsumexp for every h at once
         for k, h in enumerate(bandwidths):
-            scale = -0.5 / (h * h)
-            out[i : i + step, k] = scale * nearest + np.log(np.exp(d2 * scale).sum(axis=1))
-    return out
+            scale = -0.5 / (float(h) * float(h))
+            out[i : i + step, k] = scale * nearest + torch.exp(d2 * scale).sum(dim=1).log()
+    return out.numpy()
 
 
 def _kde_normalizer(n_train: int, d: int, bandwidths: np.ndarray) -> np.ndarray:

@@ -84,6 +84,9 @@ class _Reference:
     train_ids: set[str] | None
     qm9: object | None = None  # QM9Data for --reference qm9
     mols3d: list | None = None  # Molecule3D | None per record, for a 3D reference file
+    #: False when the reference SMILES carry no stereochemistry (QM9's): samples are then written
+    #: without it too, or stereo perceived from 3D coordinates alone would move FCD/Scaf/Frag.
+    isomeric: bool = True
 
 
 def _load_reference(reference: str, train: str | None, cache_dir: str | None) -> _Reference:
@@ -97,7 +100,7 @@ def _load_reference(reference: str, train: str | None, cache_dir: str | None) ->
         splits = edm_splits(data.num_molecules)
         test = [canonical[i] for i in splits["test"].tolist() if canonical[i]]
         train_ids = {canonical[i] for i in splits["train"].tolist()} - {None}
-        return _Reference("qm9_test", test, train_ids, qm9=data)
+        return _Reference("qm9_test", test, train_ids, qm9=data, isomeric=False)
     ref = read_molecules(reference)
     ref_smiles = [Chem.MolToSmiles(r.mol) for r in _valid(ref.records)]
     if not ref_smiles:
@@ -209,7 +212,7 @@ def run_benchmark(
     ref = _load_reference(reference, train, cache_dir)
     if len(valid) < 2:
         raise MolgenError(f"only {len(valid)} of {total} molecules in {path} are valid; nothing to compare")
-    gen_smiles = [Chem.MolToSmiles(r.mol) for r in valid]
+    gen_smiles = [Chem.MolToSmiles(r.mol, isomericSmiles=ref.isomeric) for r in valid]
     is_3d = read.is_3d and any(r.mol3d is not None for r in records)
     if "basic" in groups:
         ids = _identity(valid)

@@ -35,14 +35,16 @@ class BackboneOutput:
         scalars: ``[N, F]`` invariant node features.
         vectors: ``[N, V, 3]`` equivariant node vectors (Cartesian x, y, z).
         edge_index: ``[2, E]`` edges used (source j, target i).
-        edge_features: ``[E, edge_dim]`` invariant, symmetric edge features.
+        edge_features: ``[E, edge_dim]`` invariant, symmetric edge features, or ``None`` unless
+            requested with ``edge_features=True`` (a per-edge MLP: the priciest output, which no
+            point-cloud family and not the oracle needs).
         graph: ``[B, graph_dim]`` invariant graph embedding (mean-pooled).
     """
 
     scalars: Tensor
     vectors: Tensor
     edge_index: Tensor
-    edge_features: Tensor
+    edge_features: Tensor | None
     graph: Tensor
 
 
@@ -181,6 +183,7 @@ class EquivariantBackbone(nn.Module):
         edge_index: Tensor | None = None,
         edge_attr: Tensor | None = None,
         num_graphs: int | None = None,
+        edge_features: bool = False,
     ) -> BackboneOutput:
         num_graphs = int(batch.max()) + 1 if num_graphs is None else num_graphs
         if edge_index is None:
@@ -207,7 +210,9 @@ class EquivariantBackbone(nn.Module):
         for layer in self.layers:
             x = layer(x, edge_index, sh, edge_in, cond_node)
         s, v = x[:, : self.F], x[:, self.F :].reshape(-1, self.V, 3)
-        vv = (v[src] * v[dst]).sum(-1)  # [E, V] invariant, symmetric
-        edge_features = self.edge_out(torch.cat([s[src] + s[dst], s[src] * s[dst], vv, edge_in], dim=-1))
+        edges = None
+        if edge_features:
+            vv = (v[src] * v[dst]).sum(-1)  # [E, V] invariant, symmetric
+            edges = self.edge_out(torch.cat([s[src] + s[dst], s[src] * s[dst], vv, edge_in], dim=-1))
         graph = self.graph_out(scatter_mean(s, batch, num_graphs))
-        return BackboneOutput(scalars=s, vectors=v, edge_index=edge_index, edge_features=edge_features, graph=graph)
+        return BackboneOutput(scalars=s, vectors=v, edge_index=edge_index, edge_features=edges, graph=graph)
