@@ -11,6 +11,7 @@ import click
 
 from molgen import __version__
 from molgen.errors import MolgenError
+from molgen.zoo import pretrained_names
 
 
 def _family_choice() -> click.Choice:
@@ -92,6 +93,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @cli.command()
 @click.option("--run", "run_id", help="MLflow run id of a trained model.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint file instead of --run.")
+@click.option("--pretrained", type=click.Choice(pretrained_names()),
+              help="A model shipped with molgen instead of --run (no training needed; README lists what each is).")
 @click.option("-n", "n", type=int, default=100, show_default=True, help="Number of molecules.")
 @click.option("--target", multiple=True, metavar="PROP=VALUE[UNIT]",
               help="Property target, e.g. gap=6.5eV, mu=2D, alpha=75Bohr3, Cv=30cal/mol/K (energies: eV, meV or Ha).")
@@ -107,8 +110,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @click.option("--sample-opt", "sample_opts", multiple=True, metavar="KEY=VALUE",
               help="Family sampler option, e.g. temperature=0.8, sampler=ode, composition=product (repeatable).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .sdf, .xyz, .smi or .csv.")
-def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, tol, scaffold,
-             sample_opts, out) -> None:
+def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, tol,
+             scaffold, sample_opts, out) -> None:
     """Generate molecules from a trained model and score what was written.
 
     With --target, the oracle predicts each molecule's properties (written into the SDF/CSV with the
@@ -120,7 +123,7 @@ def generate(run_id, checkpoint, n, target, n_atoms, guidance, steps, seed, devi
     report = generate_molecules(
         run_id=run_id, checkpoint=checkpoint, n=n, targets=list(target), n_atoms=n_atoms, guidance=guidance,
         steps=steps, seed=seed, device=device, tracking_uri=tracking_uri, out=out, sample_opts=list(sample_opts),
-        scaffold=scaffold, tol=list(tol),
+        scaffold=scaffold, tol=list(tol), pretrained=pretrained,
     )
     click.echo(f"wrote {report['n']} molecules to {out}")
     _print_metrics({k: v for k, v in report.items() if k != "n"})

@@ -17,15 +17,19 @@ SUPPORTED_OUTPUTS = (".sdf", ".xyz", ".smi", ".csv")
 
 
 def find_checkpoint(run_id: str | None, checkpoint: str | None, tracking_uri: str | None,
-                    out_dir: str = "outputs") -> Path:
-    """The checkpoint of ``--checkpoint`` or of ``--run`` (local copy first, else the MLflow artifact)."""
+                    out_dir: str = "outputs", pretrained: str | None = None) -> Path:
+    """The checkpoint of ``--checkpoint``, of ``--pretrained`` (shipped, :mod:`molgen.zoo`) or of
+    ``--run`` (local copy first, else the MLflow artifact)."""
     from molgen.tracking import download_artifact
     from molgen.train import CHECKPOINT_ARTIFACT, CHECKPOINT_NAME
+    from molgen.zoo import pretrained_checkpoint
 
-    if (run_id is None) == (checkpoint is None):
-        raise MolgenError("give exactly one of --run RUN_ID or --checkpoint PATH")
+    if sum(x is not None for x in (run_id, checkpoint, pretrained)) != 1:
+        raise MolgenError("give exactly one of --run RUN_ID, --checkpoint PATH or --pretrained NAME")
     if checkpoint is not None:
         return Path(checkpoint)
+    if pretrained is not None:
+        return pretrained_checkpoint(pretrained)
     local = Path(out_dir) / run_id / CHECKPOINT_NAME
     if local.is_file():
         return local
@@ -34,8 +38,8 @@ def find_checkpoint(run_id: str | None, checkpoint: str | None, tracking_uri: st
 
 
 def load_model(run_id: str | None = None, checkpoint: str | None = None, *, tracking_uri: str | None = None,
-               device: str = "auto") -> Generator:
-    path = find_checkpoint(run_id, checkpoint, tracking_uri)
+               device: str = "auto", pretrained: str | None = None) -> Generator:
+    path = find_checkpoint(run_id, checkpoint, tracking_uri, pretrained=pretrained)
     model = model_from_checkpoint(load_checkpoint(path))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,7 +93,8 @@ def call_sample(model: Generator, n: int, **kwargs: Any) -> list:
 def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, targets: list[str],
                        n_atoms: int | None, guidance: float | None, steps: int | None, seed: int,
                        device: str, tracking_uri: str | None, out: str, sample_opts: list[str] = (),
-                       scaffold: str | None = None, tol: list[str] = ()) -> dict[str, float]:
+                       scaffold: str | None = None, tol: list[str] = (),
+                       pretrained: str | None = None) -> dict[str, float]:
     """Sample ``n`` molecules and write them to ``out``; returns validity/uniqueness/stability and,
     for targets, the oracle's MAE per property and the hit rate (:mod:`molgen.conditional`)."""
     from molgen.chem.io import write_molecules
@@ -107,7 +112,7 @@ def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, ta
     opts = parse_sample_options(list(sample_opts))
     if scaffold is not None:
         opts["scaffold"] = scaffold
-    model = load_model(run_id, checkpoint, tracking_uri=tracking_uri, device=device)
+    model = load_model(run_id, checkpoint, tracking_uri=tracking_uri, device=device, pretrained=pretrained)
     warn_unusual_targets(model, cond)
     if n_atoms is None and cond:  # atom counts from p(N | targets) of the training data
         unknown = [p for p in cond if p not in model.properties]

@@ -7,8 +7,8 @@ Runs, one after the other, each in its own process so that peak memory is measur
 2. ``moses.get_all_metrics(smiles, n_jobs=J, device="cpu")`` from the ``molsets`` package (MOSES's
    reference implementation, with its own ``fcd_torch`` ChemNet).
 
-and prints wall time, peak RSS, their ratio and the largest difference between the two sets of
-metric values. MOSES 0.3.1 no longer imports on current libraries; two shims are installed in its
+and prints wall time, peak RSS, their ratio and every metric from both tools, beside the published
+value where the file has one (``metrics_<name>.csv`` next to ``<name>.csv``, as in MOSES's repository). MOSES 0.3.1 no longer imports on current libraries; two shims are installed in its
 process only, each replacing a removed API by its documented successor: ``rdkit.six.iteritems``
 (``dict.items``) and ``pandas.DataFrame.append`` (``pandas.concat``). Nothing else of MOSES is
 changed.
@@ -101,8 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         a = json.loads(ours_json.read_text())
         a = a.get("metrics", a)
         b = json.loads(theirs_json.read_text())
-    common = sorted(k for k in b if k in a)
+    common = [k for k in b if k in a]
     worst = max(common, key=lambda k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12))
+    published_file = Path(args.file).with_name(f"metrics_{Path(args.file).name}")
+    published = {}
+    if published_file.is_file() and not args.n:
+        for line in published_file.read_text().splitlines():
+            key, _, value = line.partition(",")
+            try:
+                published[key.strip()] = float(value)
+            except ValueError:
+                pass
     print(f"file: {args.file}{f' (first {args.n})' if args.n else ''}; jobs {args.jobs}; "
           f"{os.cpu_count()} CPUs, {cpu_name()}")
     print(f"command: python scripts/bench_moses_vs_reference.py {shlex.join(sys.argv[1:] if argv is None else argv)}\n")
@@ -110,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| molgen benchmark --reference moses | {ours[0]:.0f} | {ours[1]:.0f} |")
     print(f"| MOSES get_all_metrics (molsets 0.3.1) | {theirs[0]:.0f} | {theirs[1]:.0f} |")
     print(f"\nspeed-up (MOSES wall / molgen wall): {theirs[0] / ours[0]:.2f}x; metrics compared: {len(common)}; "
-          f"largest relative difference: {worst} molgen {a[worst]:.6g} vs MOSES {b[worst]:.6g}")
+          f"largest relative difference: {worst} molgen {a[worst]:.6g} vs MOSES {b[worst]:.6g}\n")
+    print("| metric | molgen | MOSES today | published |\n|---|---:|---:|---:|")
+    for k in common:
+        pub = f"{published[k]:.6f}" if k in published else ""
+        print(f"| {k} | {a[k]:.6f} | {b[k]:.6f} | {pub} |")
     return 0
 
 

@@ -1,0 +1,309 @@
+#!/usr/bin/env python
+"""Training and sampling throughput of molgen's diffusion and flow matching beside an EDM-size EGNN.
+
+    python scripts/bench_gpu.py [--device auto|cpu|cuda] [--preset default|demo|tiny]
+        [--batch-size 64] [--iters 20] [--warmup 3] [--sample-n 1000] [--sample-steps 100]
+        [--egnn-layers 9] [--egnn-hidden 256] [--no-amp] [--json OUT]
+
+Every case trains on the same real QM9 batches (EDM's training split, shuffled with a fixed seed,
+collated once and moved to the device before timing: data stays on the device), and reports
+
+* training throughput: molecules per second of one full optimizer step (forward, backward, gradient
+  clipping, AdamW, EMA update), ``batch_size / median(seconds per step)`` after ``--warmup`` steps;
+* sampling throughput: molecules per second of ``--sample-n`` molecules at ``--sample-steps``
+  network evaluations each (QM9's atom-count distribution, chunks of 500 molecules);
+* peak memory: ``torch.cuda.max_memory_allocated`` per phase on CUDA; not measured on the CPU.
+
+molgen's families run exactly as ``molgen train`` runs them (the family's ``loss``, bf16 autocast
+on CUDA unless ``--no-amp``) and as ``molgen generate`` samples (``model.sample`` in fp32, which also
+builds the output molecules).
+The baseline is written here: the E(n)-equivariant GNN of Satorras et al. (ICML 2021) at the size
+EDM (Hoogeboom et al., ICML 2022) uses on QM9 — 9 layers of 256 features, fully connected, edge MLP
+with attention, coordinate update ``x_i += Σ_j (x_i - x_j)/(|x_i - x_j| + 1) · tanh(φ_x(m_ij)) · 15``,
+sum aggregation — trained with EDM's noise-prediction loss on positions and scaled one-hot types,
+sampled with the ancestral update of the same VP process. It runs in fp32 as EDM does, or under the
+same autocast as molgen with ``--baseline-amp``.
+
+The ratio rows compare each family with the baseline on the same batches. Quality at equal
+throughput is a separate question: ``molgen evaluate`` answers it for trained runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from molgen.config import resolve_config  # noqa: E402
+from molgen.data.graphs import compute_stats, make_graphs, select_indices  # noqa: E402
+from molgen.data.qm9 import load_qm9  # noqa: E402
+from molgen.ema import EMA  # noqa: E402
+from molgen.machine import describe_machine  # noqa: E402
+from molgen.models.registry import get_family  # noqa: E402
+from molgen.nn.graph import full_edge_index, remove_mean, scatter_sum  # noqa: E402
+
+FAMILIES = ("diffusion", "flow-matching")
+NUM_TYPES = 5  # H C N O F
+
+
+# ----------------------------------------------------------------------------- the EGNN baseline
+
+
+class EGCL(nn.Module):
+    """One EGNN layer as EDM configures it on QM9 (one invariant sublayer + the coordinate update)."""
+
+    def __init__(self, hidden: int, coords_range: float = 15.0) -> None:
+        super().__init__()
+        e_in = 2 * hidden + 2  # h_i, h_j, |x_i - x_j|², distance² of the input coordinates
+        self.edge_mlp = nn.Sequential(nn.Linear(e_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.att = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.coord_mlp = nn.Sequential(nn.Linear(e_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                       nn.Linear(hidden, 1, bias=False))
+        self.coords_range = coords_range
+
+    def forward(self, h: Tensor, x: Tensor, edge_index: Tensor, d0: Tensor) -> tuple[Tensor, Tensor]:
+        src, dst = edge_index
+        diff = x[dst] - x[src]
+        radial = (diff * diff).sum(-1, keepdim=True)
+        e_in = torch.cat([h[dst], h[src], radial, d0], dim=-1)
+        m = self.edge_mlp(e_in)
+        m = m * self.att(m)
+        h = h + self.node_mlp(torch.cat([h, scatter_sum(m, dst, h.shape[0])], dim=-1))
+        e_in = torch.cat([h[dst], h[src], radial, d0], dim=-1)
+        trans = diff / (radial.sqrt() + 1.0) * torch.tanh(self.coord_mlp(e_in)) * self.coords_range
+        return h, x + scatter_sum(trans, dst, x.shape[0])
+
+
+class EGNN(nn.Module):
+    """EDM-size EGNN dynamics: ``(x_t, h_t, t) -> (eps_x, eps_h)``, translation-free ``eps_x``."""
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 9) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim + 1, hidden)
+        self.layers = nn.ModuleList([EGCL(hidden) for _ in range(layers)])
+        self.out = nn.Linear(hidden, in_dim)
+
+    def forward(self, x: Tensor, h: Tensor, t: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+        edge_index = full_edge_index(batch, num_graphs)
+        src, dst = edge_index
+        d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)
+        hh = self.embed(torch.cat([h, t[batch, None]], dim=-1))
+        y = x
+        for layer in self.layers:
+            hh, y = layer(hh, y, edge_index, d0)
+        return remove_mean(y - x, batch, num_graphs), self.out(hh)
+
+
+def _alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
+    """EDM's polynomial-2 VP schedule (without its precision clipping): alpha² = (1 - t²)²."""
+    alpha2 = (1.0 - t * t) ** 2
+    alpha2 = alpha2.clamp(1e-5, 1.0 - 1e-5)
+    return alpha2.sqrt(), (1.0 - alpha2).sqrt()
+
+
+def egnn_loss(net: EGNN, batch) -> Tensor:
+    """EDM's training objective: noise prediction on CoM-free positions and 0.25-scaled one-hot types."""
+    B = batch.num_graphs
+    x = remove_mean(batch.pos, batch.batch, B)
+    h = nn.functional.one_hot(batch.atom_types, NUM_TYPES).to(x.dtype) * 0.25
+    t = torch.rand(B, device=x.device)
+    alpha, sigma = _alpha_sigma(t)
+    eps_x = remove_mean(torch.randn_like(x), batch.batch, B)
+    eps_h = torch.randn_like(h)
+    a, s = alpha[batch.batch, None], sigma[batch.batch, None]
+    px, ph = net(a * x + s * eps_x, a * h + s * eps_h, t, batch.batch, B)
+    return ((px - eps_x) ** 2).sum() / B + ((ph - eps_h) ** 2).sum() / B
+
+
+@torch.no_grad()
+def egnn_sample(net: EGNN, counts: Tensor, steps: int, device: torch.device, autocast) -> None:
+    """Ancestral sampling of the VP process: ``steps`` network evaluations for one chunk."""
+    B = len(counts)
+    batch = torch.repeat_interleave(torch.arange(B, device=device), counts.to(device))
+    x = remove_mean(torch.randn(len(batch), 3, device=device), batch, B)
+    h = torch.randn(len(batch), NUM_TYPES, device=device)
+    for k in range(steps, 0, -1):
+        t, s_ = torch.full((B,), k / steps, device=device), torch.full((B,), (k - 1) / steps, device=device)
+        (a_t, sig_t), (a_s, sig_s) = _alpha_sigma(t), _alpha_sigma(s_)
+        with autocast():
+            ex, eh = net(x, h, t, batch, B)
+        a_ts = (a_t / a_s)[batch, None]
+        sig2_ts = (sig_t**2 - (a_t / a_s) ** 2 * sig_s**2)[batch, None]
+        st, ss = sig_t[batch, None], sig_s[batch, None]
+        x = (x - sig2_ts / (a_ts * st) * ex.float()) / a_ts
+        h = (h - sig2_ts / (a_ts * st) * eh.float()) / a_ts
+        noise = (sig2_ts * ss**2 / st**2).sqrt()
+        x = x + noise * remove_mean(torch.randn_like(x), batch, B)
+        h = h + noise * torch.randn_like(h)
+    h.argmax(-1).cpu()
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Row:
+    model: str
+    params: int
+    train_mol_s: float
+    train_peak_mib: float | None
+    sample_mol_s: float
+    sample_peak_mib: float | None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def time_training(model: nn.Module, loss_fn, batches: list, warmup: int, device: torch.device, autocast) -> float:
+    """Median seconds of one optimizer step (as in molgen.train) over the batches after ``warmup``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)
+    ema = EMA(model, 0.999)
+    times = []
+    model.train()
+    for i, batch in enumerate(batches):
+        _sync(device)
+        start = time.perf_counter()
+        with autocast():
+            loss = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        ema.update(model)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_sampling(sample_chunk, counts: Tensor, chunk: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(counts), chunk):
+        sample_chunk(counts[i : i + chunk])
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="default", help="default (the GPU-scale configs), demo or tiny")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sample-n", type=int, default=1000)
+    parser.add_argument("--sample-steps", type=int, default=100)
+    parser.add_argument("--sample-chunk", type=int, default=500)
+    parser.add_argument("--egnn-layers", type=int, default=9)
+    parser.add_argument("--egnn-hidden", type=int, default=256)
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast for molgen's families on CUDA")
+    parser.add_argument("--baseline-amp", action="store_true", help="bf16 autocast for the EGNN too")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the rows as JSON")
+    args = parser.parse_args()
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    preset = None if args.preset == "default" else args.preset
+    data = load_qm9()
+
+    def autocast_for(enabled: bool):
+        if enabled and device.type == "cuda":
+            return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext
+
+    rows: list[Row] = []
+    torch.manual_seed(args.seed)
+    common = None
+    for name in (*FAMILIES, "egnn"):
+        family = get_family(name if name != "egnn" else "diffusion")
+        cfg = resolve_config(family.name, family.config_cls, preset=preset)
+        if common is None:  # the batches and atom counts every case shares
+            idx = select_indices(data, cfg.data)["train"]
+            stats = compute_stats(data, idx, cfg.data.properties)
+            order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))]
+            n_batches = args.warmup + args.iters
+            from torch_geometric.loader import DataLoader
+
+            graphs = make_graphs(data, order[: n_batches * args.batch_size], stats)
+            batches = [b.to(device) for b in DataLoader(graphs, batch_size=args.batch_size)]
+            counts = stats.sample_n_atoms(args.sample_n, torch.Generator().manual_seed(args.seed))
+            common = stats
+        torch.manual_seed(args.seed)
+        if name == "egnn":
+            net = EGNN(NUM_TYPES, args.egnn_hidden, args.egnn_layers).to(device)
+            autocast = autocast_for(args.baseline_amp)
+            _reset_peak(device)
+            train_s = time_training(net, lambda b: egnn_loss(net, b), batches, args.warmup, device, autocast)
+            train_peak = _peak_mib(device)
+            net.eval()
+            _reset_peak(device)
+            sample_s = time_sampling(lambda c: egnn_sample(net, c, args.sample_steps, device, autocast),
+                                     counts, args.sample_chunk, device)
+            label = f"EGNN baseline ({args.egnn_layers} layers, {args.egnn_hidden} features)"
+        else:
+            model = family(cfg, common).to(device)
+            net = model
+            autocast = autocast_for(cfg.train.amp and not args.no_amp)
+            _reset_peak(device)
+            train_s = time_training(model, lambda b: model.loss(b)["loss"], batches, args.warmup, device, autocast)
+            train_peak = _peak_mib(device)
+            model.eval()
+            _reset_peak(device)
+            sample_s = time_sampling(  # fp32, as `molgen generate` samples
+                lambda c: model.sample(len(c), n_atoms=c.tolist(), steps=args.sample_steps, seed=args.seed,
+                                       batch_size=args.sample_chunk),
+                counts, args.sample_chunk, device)
+            label = f"molgen {name} ({cfg.backbone.num_layers} layers, {cfg.backbone.scalar_dim}+{cfg.backbone.vector_dim}x3)"
+        rows.append(Row(label, sum(p.numel() for p in net.parameters()), args.batch_size / train_s, train_peak,
+                        args.sample_n / sample_s, _peak_mib(device)))
+        print(f"done: {label}", file=sys.stderr)
+
+    def mib(v: float | None) -> str:
+        return "—" if v is None else f"{v:,.0f}"
+
+    print(f"command: `python {' '.join(sys.argv)}`")
+    print(f"machine: {describe_machine()}; torch {torch.__version__}; batch {args.batch_size} molecules, "
+          f"{args.iters} timed steps; sampling {args.sample_n} molecules x {args.sample_steps} steps\n")
+    print("| model | params | train mol/s | train peak MiB | sample mol/s | sample peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r.model} | {r.params:,} | {r.train_mol_s:,.1f} | {mib(r.train_peak_mib)} | "
+              f"{r.sample_mol_s:,.2f} | {mib(r.sample_peak_mib)} |")
+    base = rows[-1]
+    for r in rows[:-1]:
+        print(f"\n{r.model}: training {r.train_mol_s / base.train_mol_s:.2f}x, sampling "
+              f"{r.sample_mol_s / base.sample_mol_s:.2f}x the baseline's throughput; 10,000 molecules at "
+              f"{args.sample_steps} steps in about {10_000 / r.sample_mol_s:,.0f} s")
+    if args.json:
+        from molgen.io_utils import atomic_open
+
+        with atomic_open(args.json, "w") as fh:
+            json.dump({"argv": sys.argv, "machine": describe_machine(), "rows": [asdict(r) for r in rows]}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

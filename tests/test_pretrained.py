@@ -1,0 +1,131 @@
+"""Shipped pretrained generators: the manifest, `molgen generate --pretrained`, and the export path."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from molgen.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from molgen.config import resolve_config
+from molgen.data.graphs import compute_stats, select_indices
+from molgen.errors import MolgenError
+from molgen.models.registry import get_family
+from molgen.zoo import (
+    MAX_BYTES,
+    PretrainedModel,
+    export_pretrained,
+    load_manifest,
+    pretrained_checkpoint,
+)
+from tests.test_cli import assert_one_line_error, molgen
+
+SHIPPED = load_manifest()
+
+
+def test_every_shipped_model_is_listed_loads_and_is_documented() -> None:
+    assert {"smiles-ar-gap", "smiles-ar-gap-mu"} <= set(SHIPPED)
+    for name, entry in SHIPPED.items():
+        path = pretrained_checkpoint(name)
+        assert path.stat().st_size <= MAX_BYTES
+        payload = load_checkpoint(path)
+        assert "optimizer" not in payload  # slim: weights, config and statistics only
+        model = model_from_checkpoint(payload)
+        assert model.name == entry.family and model.properties == entry.properties
+        assert entry.command.startswith("molgen train") and entry.machine and entry.training_time
+        assert entry.results, f"{name}: no measured result in the manifest"
+
+
+def test_pretrained_gap_model_follows_its_target() -> None:
+    """Low and high gap targets give molecules whose oracle-predicted gaps are ordered the same way."""
+    from molgen.conditional import oracle_predict
+
+    model = model_from_checkpoint(load_checkpoint(pretrained_checkpoint("smiles-ar-gap")))
+    means = []
+    for target in (5.0, 8.5):  # eV: both inside the central 99 % of QM9's gaps
+        mols = model.sample(48, cond={"gap": target}, n_atoms=[17] * 48, seed=0, guidance=1.0, temperature=0.8)
+        preds, names = oracle_predict(mols)
+        means.append(float(np.nanmean(preds[:, names.index("gap")])))
+    assert means[1] - means[0] > 1.0, means
+
+
+def test_generate_pretrained_cli(tmp_path, qm9_cache) -> None:
+    out = tmp_path / "x.csv"
+    proc = molgen("generate", "--pretrained", "smiles-ar-gap-mu", "-n", "6", "--target", "gap=6.5eV",
+                  "--target", "mu=2D", "--guidance", "1", "--sample-opt", "temperature=0.8", "--out", str(out),
+                  cwd=tmp_path, env={"MOLGEN_CACHE": qm9_cache, "MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote 6 molecules" in proc.stdout and "mae/gap" in proc.stdout and "mae/mu" in proc.stdout
+    assert len(list(csv.DictReader(out.open()))) == 6
+
+
+def test_generate_help_lists_pretrained_names(tmp_path) -> None:
+    proc = molgen("generate", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for name in SHIPPED:
+        assert name in text
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--pretrained", "no-such-model"), "no-such-model"),
+    (("--pretrained", "smiles-ar-gap", "--run", "abc"), "exactly one of"),
+    (("--pretrained", "smiles-ar-gap", "--target", "alpha=70Bohr3"), "alpha"),
+])
+def test_generate_pretrained_bad_input(args, fragment, tmp_path) -> None:
+    proc = molgen("generate", *args, "-n", "2", "--out", str(tmp_path / "x.smi"), cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "x.smi").exists()
+
+
+@pytest.fixture()
+def tiny_checkpoint(qm9, tmp_path):
+    family = get_family("diffusion")
+    cfg = resolve_config("diffusion", family.config_cls, preset="tiny", overrides={"data": {"properties": ["gap"]}})
+    stats = compute_stats(qm9, select_indices(qm9, cfg.data)["train"], cfg.data.properties)
+    torch.manual_seed(0)
+    model = family(cfg, stats)
+    ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, config=cfg.to_dict(), stats=stats.to_dict(), model=model.state_dict(), ema=ema,
+                    optimizer={"state": {}, "big": torch.zeros(1000)}, step=7)
+    return path, ema
+
+
+def _entry(name: str, **kw) -> PretrainedModel:
+    base = dict(name=name, file=f"{name}.pt", family="diffusion", properties=["gap"], description="d",
+                command="molgen train --model diffusion", machine="m", training_time="1 s", results={"x": "1"})
+    return PretrainedModel(**{**base, **kw})
+
+
+def test_export_keeps_the_ema_weights_and_drops_the_optimizer(tiny_checkpoint, tmp_path) -> None:
+    path, ema = tiny_checkpoint
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    dst = export_pretrained(path, _entry("tiny-gap"), folder)
+    payload = load_checkpoint(dst)
+    assert "optimizer" not in payload and "ema" not in payload and payload["step"] == 7
+    for k, v in ema.items():
+        assert torch.equal(payload["model"][k], v)
+    assert pretrained_checkpoint("tiny-gap", folder) == dst
+    assert list(load_manifest(folder)) == ["tiny-gap"]
+
+
+def test_export_refuses_mismatch_and_oversize(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    path, _ = tiny_checkpoint
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    with pytest.raises(MolgenError, match="not vae"):
+        export_pretrained(path, _entry("wrong", family="vae"), folder)
+    monkeypatch.setattr("molgen.zoo.MAX_BYTES", 1000)
+    with pytest.raises(MolgenError, match="exceeds"):
+        export_pretrained(path, _entry("big"), folder)
+    assert list(folder.iterdir()) == []  # nothing half-written, no manifest entry
+
+
+def test_unreadable_manifest_is_one_clear_error(tmp_path) -> None:
+    (tmp_path / "models.json").write_text("{not json")
+    with pytest.raises(MolgenError, match="unreadable pretrained-model manifest"):
+        pretrained_checkpoint("x", tmp_path)
