@@ -11,7 +11,8 @@ collated once and moved to the device before timing: data stays on the device), 
 * training throughput: molecules per second of one full optimizer step (forward, backward, gradient
   clipping, AdamW, EMA update), ``batch_size / median(seconds per step)`` after ``--warmup`` steps;
 * sampling throughput: molecules per second of ``--sample-n`` molecules at ``--sample-steps``
-  network evaluations each (QM9's atom-count distribution, chunks of 500 molecules);
+  solver steps each (QM9's atom-count distribution, chunks of 500 molecules); a step is one network
+  call for diffusion and the baseline, two for flow matching's default Heun solver;
 * peak memory: ``torch.cuda.max_memory_allocated`` per phase on CUDA; not measured on the CPU.
 
 molgen's families run exactly as ``molgen train`` runs them (the family's ``loss``, bf16 autocast
