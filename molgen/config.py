@@ -73,6 +73,9 @@ class TrainConfig:
     grad_clip: float = 2.0
     ema_decay: float = 0.999
     amp: bool = True
+    #: torch.compile each backbone layer (dynamic shapes) before training; a one-time compile of
+    #: about a minute, then faster steps (scripts/bench_gpu.py --compile measures it).
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     log_every: int = 50

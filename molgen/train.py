@@ -121,6 +121,9 @@ class Trainer:
         self.progress = progress and self.info.is_main
         torch.manual_seed(cfg.train.seed)
         family = get_family(cfg.model)
+        if cfg.train.compile and not family.supports_compile:
+            raise MolgenError(f"train.compile does not apply to '{cfg.model}': its loss differentiates through "
+                              "the network's gradient (double backward), which torch.compile does not support")
 
         data = load_qm9(cfg.data.cache_dir)
         idx = select_indices(data, cfg.data)
@@ -136,6 +139,10 @@ class Trainer:
 
         self.model = family(cfg, self.stats).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay)
+        if cfg.train.compile:  # after the EMA copy: evaluation and sampling stay eager
+            from molgen.nn.backbone import compile_backbones
+
+            compile_backbones(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         self.step = 0
         self.epoch = 0

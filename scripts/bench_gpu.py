@@ -3,7 +3,7 @@
 
     python scripts/bench_gpu.py [--device auto|cpu|cuda] [--preset default|demo|tiny]
         [--batch-size 64] [--iters 20] [--warmup 3] [--sample-n 1000] [--sample-steps 100]
-        [--egnn-layers 9] [--egnn-hidden 256] [--no-amp] [--json OUT]
+        [--egnn-layers 9] [--egnn-hidden 256] [--no-amp] [--compile] [--json OUT]
 
 Every case trains on the same real QM9 batches (EDM's training split, shuffled with a fixed seed,
 collated once and moved to the device before timing: data stays on the device), and reports
@@ -16,7 +16,8 @@ collated once and moved to the device before timing: data stays on the device), 
 * peak memory: ``torch.cuda.max_memory_allocated`` per phase on CUDA; not measured on the CPU.
 
 molgen's families run exactly as ``molgen train`` runs them (the family's ``loss``, bf16 autocast
-on CUDA unless ``--no-amp``) and as ``molgen generate`` samples (``model.sample`` in fp32, which also
+on CUDA unless ``--no-amp``, backbone layers compiled with ``--compile`` as ``train.compile=true``
+does; the warm-up steps absorb the compilation) and as ``molgen generate`` samples (``model.sample`` in fp32, which also
 builds the output molecules).
 The baseline is written here: the E(n)-equivariant GNN of Satorras et al. (ICML 2021) at the size
 EDM (Hoogeboom et al., ICML 2022) uses on QM9 — 9 layers of 256 features, fully connected, edge MLP
@@ -51,6 +52,7 @@ from molgen.data.qm9 import load_qm9  # noqa: E402
 from molgen.ema import EMA  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
 from molgen.models.registry import get_family  # noqa: E402
+from molgen.nn.backbone import compile_backbones  # noqa: E402
 from molgen.nn.graph import full_edge_index, remove_mean, scatter_sum  # noqa: E402
 
 FAMILIES = ("diffusion", "flow-matching")
@@ -223,6 +225,7 @@ def main() -> None:
     parser.add_argument("--egnn-hidden", type=int, default=256)
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast for molgen's families on CUDA")
     parser.add_argument("--baseline-amp", action="store_true", help="bf16 autocast for the EGNN too")
+    parser.add_argument("--compile", action="store_true", help="train.compile=true for molgen's families")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
@@ -268,17 +271,22 @@ def main() -> None:
         else:
             model = family(cfg, common).to(device)
             net = model
+            if args.compile:
+                compile_backbones(model)
             autocast = autocast_for(cfg.train.amp and not args.no_amp)
             _reset_peak(device)
             train_s = time_training(model, lambda b: model.loss(b)["loss"], batches, args.warmup, device, autocast)
             train_peak = _peak_mib(device)
             model.eval()
+            if args.compile:  # sampling stays eager, as in molgen generate
+                model = family(cfg, common).to(device).eval()
             _reset_peak(device)
             sample_s = time_sampling(  # fp32, as `molgen generate` samples
                 lambda c: model.sample(len(c), n_atoms=c.tolist(), steps=args.sample_steps, seed=args.seed,
                                        batch_size=args.sample_chunk),
                 counts, args.sample_chunk, device)
-            label = f"molgen {name} ({cfg.backbone.num_layers} layers, {cfg.backbone.scalar_dim}+{cfg.backbone.vector_dim}x3)"
+            label = (f"molgen {name} ({cfg.backbone.num_layers} layers, {cfg.backbone.scalar_dim}+"
+                     f"{cfg.backbone.vector_dim}x3{', compiled' if args.compile else ''})")
         rows.append(Row(label, sum(p.numel() for p in net.parameters()), args.batch_size / train_s, train_peak,
                         args.sample_n / sample_s, _peak_mib(device)))
         print(f"done: {label}", file=sys.stderr)

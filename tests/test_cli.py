@@ -98,6 +98,7 @@ def test_data_qm9(tmp_path, env) -> None:
         (["train", "--model", "diffusion", "--preset", "huge"], ["unknown preset 'huge'"]),
         (["train", "--model", "diffusion", "--config", "missing.yaml"], ["config file not found"]),
         (["train", "--resume", "0123456789abcdef0123456789abcdef"], ["0123456789abcdef0123456789abcdef"]),
+        (["train", "--model", "ebm", "--preset", "tiny", "--set", "train.compile=true"], ["train.compile", "'ebm'"]),
     ],
 )
 def test_train_bad_input(args, fragments, tmp_path, env) -> None:

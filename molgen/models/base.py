@@ -36,6 +36,9 @@ class Generator(nn.Module, ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    #: False for families whose training loss differentiates through the network's own gradient
+    #: (double backward), which ``torch.compile`` does not support (``train.compile`` is refused).
+    supports_compile: ClassVar[bool] = True
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__()

@@ -164,6 +164,7 @@ class EnergyNetwork(nn.Module):
 
 @register("ebm")
 class EnergyBasedModel(PointCloudGenerator):
+    supports_compile = False  # the loss differentiates through the network's gradient (double backward)
     config_cls = EBMConfig
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:

@@ -143,6 +143,7 @@ DEQUANTIZERS: dict[str, type[nn.Module]] = {"argmax": ArgmaxDequantizer, "unifor
 
 @register("flow")
 class EquivariantFlow(PointCloudGenerator):
+    supports_compile = False  # the loss differentiates through the network's gradient (double backward)
     config_cls = FlowConfig
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:

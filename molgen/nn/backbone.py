@@ -117,7 +117,9 @@ class EquivariantConv(nn.Module):
         F, V = self.F, self.V
         N = x.shape[0]
         src, dst = edge_index
-        deg = torch.bincount(dst, minlength=N).clamp(min=1).to(x.dtype)
+        # in-degree with a static shape (bincount's is data dependent: a graph break under torch.compile)
+        ones = torch.ones(dst.shape[0], device=x.device)
+        deg = torch.zeros(N, device=x.device).index_add_(0, dst, ones).clamp(min=1).to(x.dtype)
         s, v = x[:, :F], x[:, F:].reshape(-1, V, 3)
         # per-edge weights; the first layer of the edge MLP is applied per node, then gathered
         hidden = nn.functional.silu(self.edge_src(s)[src] + self.edge_dst(s)[dst] + self.edge_rad(edge_in))
@@ -216,3 +218,26 @@ class EquivariantBackbone(nn.Module):
             edges = self.edge_out(torch.cat([s[src] + s[dst], s[src] * s[dst], vv, edge_in], dim=-1))
         graph = self.graph_out(scatter_mean(s, batch, num_graphs))
         return BackboneOutput(scalars=s, vectors=v, edge_index=edge_index, edge_features=edges, graph=graph)
+
+
+def compile_backbones(model: nn.Module) -> int:
+    """``torch.compile`` (in place, dynamic shapes) every layer of every backbone inside ``model``.
+
+    In place (``nn.Module.compile``), so parameter names and checkpoints are unchanged. Each layer is
+    compiled on its own: molecules of every size reuse one graph, and the surrounding code (edge
+    construction, family heads) stays eager. Returns the number of layers compiled.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, EquivariantBackbone):
+            for layer in module.layers:
+                layer.compile(dynamic=True)
+                count += 1
+    # e3nn's o3.Linear generates a class per instance, so every layer is its own compiled entry
+    # (and again for train / no-grad): the default limit of 8 entries would silently fall back to eager
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * count)
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 8 * count)
+    return count
