@@ -130,7 +130,9 @@ def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps
 
 
 @cli.command()
-@click.option("--run", "run_id", required=True, help="MLflow run id of a trained model.")
+@click.option("--run", "run_id", help="MLflow run id of a trained model (results are logged into it).")
+@click.option("--pretrained", type=click.Choice(pretrained_names()),
+              help="A shipped model instead of --run (results go to a new MLflow run).")
 @click.option("-n", "n", type=int, default=1000, show_default=True, help="Molecules to sample and score.")
 @click.option("--steps", type=int, help="Sampling steps (default: the model's).")
 @click.option("--nll-molecules", type=int, default=1000, show_default=True,
@@ -144,25 +146,26 @@ def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--tracking-uri", help="MLflow tracking URI.")
-def evaluate(run_id, n, steps, nll_molecules, protocol, prop, guidance, sample_opts, seed, device,
+def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidance, sample_opts, seed, device,
              tracking_uri) -> None:
-    """Sample from a trained run, score the samples and the test NLL, log them into the run."""
+    """Sample from a trained run (or a shipped model), score the samples and the test NLL, log them to MLflow."""
     from molgen.evaluate import evaluate_conditional_run, evaluate_run
 
     if protocol == "edm-conditional":
         if not prop:
             raise MolgenError("--protocol edm-conditional needs --property PROP (e.g. --property gap)")
-        result = evaluate_conditional_run(run_id, prop, n=n, steps=steps, guidance=guidance, seed=seed,
-                                          tracking_uri=tracking_uri, device=device, sample_opts=list(sample_opts))
+        result, logged = evaluate_conditional_run(
+            run_id, prop, n=n, steps=steps, guidance=guidance, seed=seed, tracking_uri=tracking_uri, device=device,
+            sample_opts=list(sample_opts), pretrained=pretrained)
         click.echo(f"EDM conditional protocol, {result.n} samples ({result.unusable} without coordinates); "
-                   f"logged into MLflow run {run_id}:")
+                   f"logged into MLflow run {logged}:")
         click.echo(result.table())
         return
     if sample_opts:
         raise MolgenError("--sample-opt applies to --protocol edm-conditional only")
-    metrics = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
-                           tracking_uri=tracking_uri, device=device)
-    click.echo(f"logged into MLflow run {run_id}:")
+    metrics, logged = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
+                                   tracking_uri=tracking_uri, device=device, pretrained=pretrained)
+    click.echo(f"logged into MLflow run {logged}:")
     _print_metrics(metrics)
 
 

@@ -1,10 +1,12 @@
 """``molgen evaluate``: sample from a trained run, score the samples, estimate the NLL on the test split,
-and log everything into that same MLflow run."""
+and log everything into that same MLflow run — or, for a shipped model (``--pretrained NAME``), into a
+new run tagged ``molgen.kind=evaluation`` and ``molgen.pretrained=NAME``."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,17 +63,62 @@ def suite_metrics(mols, *, cache_dir: str | None = None, metrics: str = "all") -
     return {k: float(v) for k, v in report.metrics.items()}
 
 
-def evaluate_run(run_id: str, *, n: int, steps: int | None, nll_molecules: int, seed: int,
-                 tracking_uri: str | None, device: str = "auto") -> dict[str, float]:
-    """Sample ``n`` molecules from run ``run_id``, compute the metrics, log them as ``eval/*`` into the run."""
+@dataclass
+class _Target:
+    """The model under evaluation and where its results go: the run ``run_id`` (at its last training
+    step, so ``eval/*`` sits at the end of its curves), or a new evaluation run for a shipped model."""
+
+    model: Generator
+    tracking_uri: str | None
+    run_id: str | None
+    pretrained: str | None
+    step: int = 0
+    status: str = "FINISHED"  # the run's status to restore when done
+
+    def log(self, metrics: dict[str, float], files: Sequence[Path]) -> str:
+        """Log ``metrics`` and ``files`` (under ``eval/``); opened only now, so a failed evaluation
+        leaves no run behind and no run re-opened. Returns the run id."""
+        from molgen.tracking import Tracker
+
+        if self.run_id is None:
+            tracker = Tracker(self.tracking_uri, "molgen", run_name=f"evaluate {self.pretrained}",
+                              tags={"molgen.kind": "evaluation", "molgen.family": self.model.name,
+                                    "molgen.pretrained": str(self.pretrained)})
+        else:
+            tracker = Tracker(self.tracking_uri, run_id=self.run_id)
+        tracker.log_metrics(metrics, step=self.step)
+        for path in files:
+            tracker.log_artifact(path, "eval")
+        tracker.finish(self.status)
+        return tracker.run_id
+
+
+def _open_target(run_id: str | None, pretrained: str | None, tracking_uri: str | None, device: str) -> _Target:
+    """The model of ``--run`` or ``--pretrained`` (exactly one) and where its results go."""
+    from molgen.tracking import get_run
+
+    if (run_id is None) == (pretrained is None):
+        raise MolgenError("give exactly one of --run RUN_ID or --pretrained NAME")
+    if pretrained is not None:
+        return _Target(load_model(pretrained=pretrained, device=device), tracking_uri, None, pretrained)
+    run = get_run(run_id, tracking_uri)
+    model = load_model(run_id, None, tracking_uri=tracking_uri, device=device)
+    raw_step = run.data.params.get("train.steps", "0")
+    status = run.info.status if run.info.status in ("FINISHED", "FAILED", "KILLED") else "FINISHED"
+    return _Target(model, tracking_uri, run_id, None, int(raw_step) if raw_step.isdigit() else 0, status)
+
+
+def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules: int, seed: int,
+                 tracking_uri: str | None, device: str = "auto", pretrained: str | None = None) -> dict[str, float]:
+    """Sample ``n`` molecules from run ``run_id`` (or a shipped model), compute the metrics, log them as
+    ``eval/*`` into the run (:func:`_open_target`)."""
     from molgen.chem.io import write_molecules
     from molgen.metrics.basic import basic_metrics
-    from molgen.tracking import Tracker, get_run
 
     if n < 1:
         raise MolgenError("-n must be at least 1")
-    run = get_run(run_id, tracking_uri)
-    model = load_model(run_id, None, tracking_uri=tracking_uri, device=device)
+    target = _open_target(run_id, pretrained, tracking_uri, device)
+    model = target.model
     data = load_qm9(model.cfg.data.cache_dir)
     canonical = canonical_qm9_smiles(data, model.cfg.data.cache_dir)
     train_smiles = {canonical[i] for i in select_indices(data, model.cfg.data)["train"].tolist()} - {None}
@@ -84,44 +131,30 @@ def evaluate_run(run_id: str, *, n: int, steps: int | None, nll_molecules: int, 
         nll = test_nll(model, n_molecules=nll_molecules, seed=seed)
         if nll is not None:
             metrics["eval/test_nll"] = nll
-    # log at the run's last training step, so eval/* sits at the end of the run's curves
-    raw_step = run.data.params.get("train.steps", "0")
-    step = int(raw_step) if raw_step.isdigit() else 0
-    tracker = Tracker(tracking_uri, run_id=run_id)
-    tracker.log_metrics(metrics, step=step)
     with tempfile.TemporaryDirectory() as tmp:
         sdf = Path(tmp) / "eval_samples.sdf"
         write_molecules(mols, sdf)
-        tracker.log_artifact(sdf, "eval")
-    tracker.finish(run.info.status if run.info.status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
-    return metrics
+        return metrics, target.log(metrics, [sdf])
 
 
-def evaluate_conditional_run(run_id: str, prop: str, *, n: int, steps: int | None, guidance: float | None,
+def evaluate_conditional_run(run_id: str | None, prop: str, *, n: int, steps: int | None, guidance: float | None,
                              seed: int, tracking_uri: str | None, device: str = "auto",
-                             sample_opts: Sequence[str] = ()):
+                             sample_opts: Sequence[str] = (), pretrained: str | None = None):
     """EDM's conditional protocol (:func:`molgen.conditional.edm_conditional`) logged into the run.
 
-    Metrics: ``cond/<prop>/mae`` (the model), ``cond/<prop>/naive``, ``cond/<prop>/n_atoms``,
+    Metrics: ``cond/<prop>/model`` (the model), ``cond/<prop>/naive``, ``cond/<prop>/n_atoms``,
     ``cond/<prop>/lower_bound`` (user units); the Markdown table as ``eval/conditional_<prop>.md``.
     """
     from molgen.conditional import edm_conditional
-    from molgen.tracking import Tracker, get_run
 
     if n < 1:
         raise MolgenError("-n must be at least 1")
-    run = get_run(run_id, tracking_uri)
-    model = load_model(run_id, None, tracking_uri=tracking_uri, device=device)
     opts = parse_sample_options(list(sample_opts))
-    result = edm_conditional(model, prop, n=n, seed=seed, steps=steps, guidance=guidance, sample_opts=opts)
+    target = _open_target(run_id, pretrained, tracking_uri, device)
+    result = edm_conditional(target.model, prop, n=n, seed=seed, steps=steps, guidance=guidance, sample_opts=opts)
     metrics = {f"cond/{result.prop}/{k}": v for k, v in result.details.items()}
     metrics[f"cond/{result.prop}/unusable"] = float(result.unusable)
-    raw_step = run.data.params.get("train.steps", "0")
-    tracker = Tracker(tracking_uri, run_id=run_id)
-    tracker.log_metrics(metrics, step=int(raw_step) if raw_step.isdigit() else 0)
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / f"conditional_{result.prop}.md"
         table.write_text(result.table() + "\n")
-        tracker.log_artifact(table, "eval")
-    tracker.finish(run.info.status if run.info.status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
-    return result
+        return result, target.log(metrics, [table])

@@ -129,3 +129,20 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path) -> None:
     (tmp_path / "models.json").write_text("{not json")
     with pytest.raises(MolgenError, match="unreadable pretrained-model manifest"):
         pretrained_checkpoint("x", tmp_path)
+
+
+def test_evaluate_pretrained_logs_a_new_run(tmp_path, qm9_cache) -> None:
+    from molgen.tracking import get_run
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    proc = molgen("evaluate", "--pretrained", "smiles-ar-gap", "--protocol", "edm-conditional", "--property", "gap",
+                  "-n", "24", "--guidance", "1", "--sample-opt", "temperature=0.8", "--tracking-uri", uri,
+                  cwd=tmp_path, env={"MOLGEN_CACHE": qm9_cache})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "#Atoms" in proc.stdout and "molgen smiles-ar" in proc.stdout
+    run_id = proc.stdout.split("logged into MLflow run ")[1].split(":")[0]
+    run = get_run(run_id, uri)
+    assert run.data.tags["molgen.pretrained"] == "smiles-ar-gap" and run.data.tags["molgen.kind"] == "evaluation"
+    assert "cond/gap/model" in run.data.metrics and run.info.status == "FINISHED"
+    both = molgen("evaluate", "--pretrained", "smiles-ar-gap", "--run", run_id, "--tracking-uri", uri, cwd=tmp_path)
+    assert_one_line_error(both, "exactly one of --run RUN_ID or --pretrained NAME")
