@@ -109,9 +109,10 @@ def _open_target(run_id: str | None, pretrained: str | None, tracking_uri: str |
 
 
 def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules: int, seed: int,
-                 tracking_uri: str | None, device: str = "auto", pretrained: str | None = None) -> dict[str, float]:
+                 tracking_uri: str | None, device: str = "auto",
+                 pretrained: str | None = None) -> tuple[dict[str, float], str]:
     """Sample ``n`` molecules from run ``run_id`` (or a shipped model), compute the metrics, log them as
-    ``eval/*`` into the run (:func:`_open_target`)."""
+    ``eval/*`` (:func:`_open_target`); returns the metrics and the run they went to."""
     from molgen.chem.io import write_molecules
     from molgen.metrics.basic import basic_metrics
 
@@ -140,7 +141,8 @@ def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules
 def evaluate_conditional_run(run_id: str | None, prop: str, *, n: int, steps: int | None, guidance: float | None,
                              seed: int, tracking_uri: str | None, device: str = "auto",
                              sample_opts: Sequence[str] = (), pretrained: str | None = None):
-    """EDM's conditional protocol (:func:`molgen.conditional.edm_conditional`) logged into the run.
+    """EDM's conditional protocol (:func:`molgen.conditional.edm_conditional`) logged into the run;
+    returns the result and the run id it went to.
 
     Metrics: ``cond/<prop>/model`` (the model), ``cond/<prop>/naive``, ``cond/<prop>/n_atoms``,
     ``cond/<prop>/lower_bound`` (user units); the Markdown table as ``eval/conditional_<prop>.md``.

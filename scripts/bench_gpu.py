@@ -239,57 +239,52 @@ def main() -> None:
             return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext
 
-    rows: list[Row] = []
-    torch.manual_seed(args.seed)
-    common = None
-    for name in (*FAMILIES, "egnn"):
-        family = get_family(name if name != "egnn" else "diffusion")
-        cfg = resolve_config(family.name, family.config_cls, preset=preset)
-        if common is None:  # the batches and atom counts every case shares
-            idx = select_indices(data, cfg.data)["train"]
-            stats = compute_stats(data, idx, cfg.data.properties)
-            order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))]
-            n_batches = args.warmup + args.iters
-            from torch_geometric.loader import DataLoader
+    # the batches and sampling atom counts every case shares (the families' data section is common)
+    from torch_geometric.loader import DataLoader
 
-            graphs = make_graphs(data, order[: n_batches * args.batch_size], stats)
-            batches = [b.to(device) for b in DataLoader(graphs, batch_size=args.batch_size)]
-            counts = stats.sample_n_atoms(args.sample_n, torch.Generator().manual_seed(args.seed))
-            common = stats
-        torch.manual_seed(args.seed)
-        if name == "egnn":
-            net = EGNN(NUM_TYPES, args.egnn_hidden, args.egnn_layers).to(device)
-            autocast = autocast_for(args.baseline_amp)
-            _reset_peak(device)
-            train_s = time_training(net, lambda b: egnn_loss(net, b), batches, args.warmup, device, autocast)
-            train_peak = _peak_mib(device)
-            net.eval()
-            _reset_peak(device)
-            sample_s = time_sampling(lambda c: egnn_sample(net, c, args.sample_steps, device, autocast),
-                                     counts, args.sample_chunk, device)
-            label = f"EGNN baseline ({args.egnn_layers} layers, {args.egnn_hidden} features)"
-        else:
-            model = family(cfg, common).to(device)
-            net = model
-            if args.compile:
-                compile_backbones(model)
-            autocast = autocast_for(cfg.train.amp and not args.no_amp)
-            _reset_peak(device)
-            train_s = time_training(model, lambda b: model.loss(b)["loss"], batches, args.warmup, device, autocast)
-            train_peak = _peak_mib(device)
-            model.eval()
-            if args.compile:  # sampling stays eager, as in molgen generate
-                model = family(cfg, common).to(device).eval()
-            _reset_peak(device)
-            sample_s = time_sampling(  # fp32, as `molgen generate` samples
-                lambda c: model.sample(len(c), n_atoms=c.tolist(), steps=args.sample_steps, seed=args.seed,
-                                       batch_size=args.sample_chunk),
-                counts, args.sample_chunk, device)
-            label = (f"molgen {name} ({cfg.backbone.num_layers} layers, {cfg.backbone.scalar_dim}+"
-                     f"{cfg.backbone.vector_dim}x3{', compiled' if args.compile else ''})")
-        rows.append(Row(label, sum(p.numel() for p in net.parameters()), args.batch_size / train_s, train_peak,
-                        args.sample_n / sample_s, _peak_mib(device)))
+    data_cfg = resolve_config("diffusion", get_family("diffusion").config_cls, preset=preset).data
+    idx = select_indices(data, data_cfg)["train"]
+    stats = compute_stats(data, idx, data_cfg.properties)
+    order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))]
+    graphs = make_graphs(data, order[: (args.warmup + args.iters) * args.batch_size], stats)
+    batches = [b.to(device) for b in DataLoader(graphs, batch_size=args.batch_size)]
+    counts = stats.sample_n_atoms(args.sample_n, torch.Generator().manual_seed(args.seed))
+
+    def measure(label: str, net: nn.Module, loss_fn, sampler, net_for_sampling: nn.Module, autocast) -> Row:
+        _reset_peak(device)
+        train_s = time_training(net, loss_fn, batches, args.warmup, device, autocast)
+        train_peak = _peak_mib(device)
+        net_for_sampling.eval()
+        _reset_peak(device)
+        sample_s = time_sampling(sampler, counts, args.sample_chunk, device)
         print(f"done: {label}", file=sys.stderr)
+        return Row(label, sum(p.numel() for p in net.parameters()), args.batch_size / train_s, train_peak,
+                   args.sample_n / sample_s, _peak_mib(device))
+
+    rows: list[Row] = []
+    for name in FAMILIES:
+        family = get_family(name)
+        cfg = resolve_config(name, family.config_cls, preset=preset)
+        torch.manual_seed(args.seed)
+        model = family(cfg, stats).to(device)
+        if args.compile:
+            compile_backbones(model)
+        # sampling in fp32 and eager, as `molgen generate` samples
+        sampling_model = family(cfg, stats).to(device) if args.compile else model
+        label = (f"molgen {name} ({cfg.backbone.num_layers} layers, {cfg.backbone.scalar_dim}+"
+                 f"{cfg.backbone.vector_dim}x3{', compiled' if args.compile else ''})")
+        rows.append(measure(
+            label, model, lambda b, m=model: m.loss(b)["loss"],
+            lambda c, m=sampling_model: m.sample(len(c), n_atoms=c.tolist(), steps=args.sample_steps,
+                                                 seed=args.seed, batch_size=args.sample_chunk),
+            sampling_model, autocast_for(cfg.train.amp and not args.no_amp)))
+    torch.manual_seed(args.seed)
+    egnn = EGNN(NUM_TYPES, args.egnn_hidden, args.egnn_layers).to(device)
+    autocast = autocast_for(args.baseline_amp)
+    rows.append(measure(
+        f"EGNN baseline ({args.egnn_layers} layers, {args.egnn_hidden} features)", egnn,
+        lambda b: egnn_loss(egnn, b), lambda c: egnn_sample(egnn, c, args.sample_steps, device, autocast),
+        egnn, autocast))
 
     def mib(v: float | None) -> str:
         return "—" if v is None else f"{v:,.0f}"
