@@ -69,7 +69,7 @@ def score_targets(mols: Sequence[Molecule3D], cond: dict[str, float], *, tol: di
     ``hit_rate``, ``oracle/unusable`` (molecules without coordinates) and, for targets the oracle
     cannot predict, ``unscored/<prop>`` = 1.
     """
-    from molgen.metrics.basic import _assess
+    from molgen.metrics.basic import assess
 
     preds, names = oracle_predict(mols, oracle)
     tol = {**DEFAULT_TOLERANCES, **(tol or {})}
@@ -95,7 +95,7 @@ def score_targets(mols: Sequence[Molecule3D], cond: dict[str, float], *, tol: di
         hits &= finite & (err <= limit)
     seen: set[str] = set()
     for i, m in enumerate(mols):
-        smiles = _assess(m, False).smiles
+        smiles = assess(m, False).smiles
         if smiles is None or smiles in seen:
             hits[i] = False
         if smiles is not None:
@@ -140,8 +140,6 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
     (invalid strings or graphs that cannot be embedded) cannot be scored: the model's MAE is over the
     others and their number is a row of the table, never hidden.
     """
-    from molgen.generate import call_sample
-
     from molgen.data.qm9 import edm_splits, load_qm9
     from molgen.oracle import load_oracle
 
@@ -166,7 +164,7 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
     pick = torch.from_numpy(rng.randint(0, len(db), size=n)).long()
     n_atoms = data.n_atoms[db[pick]]
     targets = data.property(prop)[db[pick]].double().numpy()
-    mols = call_sample(model, n, cond={prop: targets}, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
+    mols = model.sample(n, cond={prop: targets}, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
                        progress=progress, **(sample_opts or {}))
     preds, _ = oracle_predict(mols, oracle)
     err = np.abs(preds[:, j] - targets)

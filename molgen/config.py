@@ -27,7 +27,7 @@ class DataConfig:
     """Which molecules to train on.
 
     Args:
-        dataset: only ``qm9`` for now.
+        dataset: a name of :mod:`molgen.data.datasets` (only ``qm9`` for now).
         cache_dir: processed-cache folder (default ``$MOLGEN_CACHE`` or ``~/.cache/molgen``).
         split: ``train`` (EDM's 100k), ``da`` or ``db`` (its halves, for the conditional protocol).
         max_molecules: use only the first N molecules of the split (tiny/demo runs).
@@ -41,6 +41,10 @@ class DataConfig:
     max_molecules: int | None = None
     properties: list[str] = field(default_factory=list)
     max_atoms: int | None = None
+
+    def selection(self) -> dict[str, Any]:
+        """The keywords of :func:`molgen.data.graphs.select_indices` (``select_indices(data, **cfg.selection())``)."""
+        return {"split": self.split, "max_molecules": self.max_molecules, "max_atoms": self.max_atoms}
 
 
 @dataclass
@@ -113,8 +117,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats.
+
+    ``key`` names the value in errors: ``"config key 'train.lr'"`` style (a bare name is quoted as
+    a config key).
+    """
+    what = key if key.startswith(("config key", "sample option")) else f"config key '{key}'"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -125,38 +134,48 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except MolgenError as exc:
                 errors.append(str(exc))
-        raise MolgenError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise MolgenError(f"{what}: expected {_type_name(tp)}, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise MolgenError(f"config key '{key}': expected a list, got {value!r}")
-        return [_coerce(v, item_tp, key) for v in value]
+            raise MolgenError(f"{what}: expected a list, got {value!r}")
+        return [coerce(v, item_tp, key) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise MolgenError(f"config key '{key}': expected true/false, got {value!r}")
+        text = str(value).strip().lower() if isinstance(value, str) else None
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise MolgenError(f"{what}: expected true/false, got {value!r}")
+    if isinstance(value, str) and tp in (int, float):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise MolgenError(f"config key '{key}': expected an integer, got {value!r}")
+        raise MolgenError(f"{what}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise MolgenError(f"config key '{key}': expected a number, got {value!r}")
+        raise MolgenError(f"{what}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise MolgenError(f"config key '{key}': expected a string, got {value!r}")
+        raise MolgenError(f"{what}: expected a string, got {value!r}")
     if tp is Any:
         return value
-    raise MolgenError(f"config key '{key}': unsupported type {_type_name(tp)}")
+    raise MolgenError(f"{what}: unsupported type {_type_name(tp)}")
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
@@ -178,7 +197,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
                 raise MolgenError(f"config key '{prefix}{name}': expected a mapping")
             kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
+            kwargs[name] = coerce(value, tp, prefix + name)
     return cls(**kwargs)
 
 
@@ -216,9 +235,17 @@ def parse_set(items: typing.Iterable[str]) -> dict[str, Any]:
 
 
 def configs_dir() -> Path:
-    """Folder of the YAML configs: ``$MOLGEN_CONFIGS`` or the repository's ``configs/``."""
+    """Folder of the YAML configs: ``$MOLGEN_CONFIGS``, else the checkout's top-level ``configs/``
+    (source and editable installs), else the copy a wheel installs under ``<prefix>/share/molgen/configs``."""
     env = os.environ.get("MOLGEN_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if checkout.is_dir():
+        return checkout
+    import sysconfig
+
+    return Path(sysconfig.get_path("data")) / "share" / "molgen" / "configs"
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -320,8 +347,9 @@ def validate(cfg: RunConfig) -> None:
         raise MolgenError("a property is given twice in --condition / data.properties")
     if cfg.data.split not in ("train", "da", "db"):
         raise MolgenError(f"data.split must be train, da or db, got '{cfg.data.split}'")
-    if cfg.data.dataset != "qm9":
-        raise MolgenError(f"unknown dataset '{cfg.data.dataset}' (available: qm9)")
+    from molgen.data.datasets import check_dataset
+
+    check_dataset(cfg.data.dataset)
     if cfg.train.lr_schedule not in ("cosine", "constant"):
         raise MolgenError(f"train.lr_schedule must be cosine or constant, got '{cfg.train.lr_schedule}'")
     for name in ("steps", "batch_size"):

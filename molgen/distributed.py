@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from molgen.errors import MolgenError
+
 
 @dataclass
 class DistInfo:
@@ -25,16 +27,35 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(pref: str, local_rank: int = 0, *, distributed: bool = False,
+                   cuda_available: bool | None = None) -> torch.device:
+    """``--device`` -> a torch device with an index where CUDA needs one.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``. ``cuda`` (no index) means
+    ``cuda:LOCAL_RANK`` (``torch.cuda.set_device`` refuses an index-less device); under torchrun every
+    rank takes its local GPU whatever index was given. One-line :class:`MolgenError` for a device
+    torch does not know or CUDA that is not there.
+    """
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if pref == "auto":
+        return torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    try:
+        device = torch.device(pref)
+    except (RuntimeError, ValueError):
+        raise MolgenError(f"unknown device '{pref}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not cuda:
+            raise MolgenError(f"--device {pref}: CUDA is not available on this machine (use --device cpu or auto)")
+        if device.index is None or distributed:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
 def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
     """Init the process group if launched by torchrun (NCCL on CUDA, gloo on CPU); pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device_pref == "auto":
-        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_pref)
-        if device.type == "cuda" and info.enabled:
-            device = torch.device(f"cuda:{info.local_rank}")
+    device = resolve_device(device_pref, info.local_rank, distributed=info.enabled)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif info.enabled and "OMP_NUM_THREADS" not in os.environ:

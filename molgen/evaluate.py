@@ -16,7 +16,8 @@ from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.graphs import make_graphs, select_indices
 from molgen.data.qm9 import load_qm9
 from molgen.errors import MolgenError
-from molgen.generate import load_model, parse_sample_options
+from molgen.generate import load_model
+from molgen.models.options import parse_sample_options
 from molgen.models.base import Generator
 
 
@@ -28,7 +29,7 @@ def test_nll(model: Generator, *, n_molecules: int, batch_size: int = 64, seed: 
     """
     cfg = model.cfg
     data = load_qm9(cfg.data.cache_dir)
-    test_idx = select_indices(data, cfg.data)["test"][:n_molecules]
+    test_idx = select_indices(data, **cfg.data.selection())["test"][:n_molecules]
     torch.manual_seed(seed)
     total, count = 0.0, 0
     for batch in DataLoader(make_graphs(data, test_idx, model.stats), batch_size=batch_size):
@@ -122,7 +123,7 @@ def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules
     model = target.model
     data = load_qm9(model.cfg.data.cache_dir)
     canonical = canonical_qm9_smiles(data, model.cfg.data.cache_dir)
-    train_smiles = {canonical[i] for i in select_indices(data, model.cfg.data)["train"].tolist()} - {None}
+    train_smiles = {canonical[i] for i in select_indices(data, **model.cfg.data.selection())["train"].tolist()} - {None}
 
     mols = model.sample(n, steps=steps, seed=seed, progress=True)
     metrics = {f"eval/{k}": float(v) for k, v in basic_metrics(mols, train_smiles=train_smiles).items()}

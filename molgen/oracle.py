@@ -30,6 +30,7 @@ from molgen.chem.elements import ELEMENTS, Molecule3D
 from molgen.config import BackboneConfig, from_dict
 from molgen.errors import MolgenError
 from molgen.io_utils import atomic_torch_save
+from molgen.safe_load import safe_torch_load, with_integrity
 from molgen.nn.graph import scatter_mean, scatter_sum
 
 #: The properties of EDM's conditional protocol, in the oracle's output order.
@@ -93,7 +94,7 @@ class PropertyOracle(nn.Module):
         payload = {"format": ORACLE_FORMAT, "backbone": asdict(self.bcfg), "properties": self.properties,
                    "mean": self.mean.tolist(), "std": self.std.tolist(),
                    "model": {k: v.detach().cpu() for k, v in self.state_dict().items()}, **extra}
-        atomic_torch_save(payload, path)
+        atomic_torch_save(with_integrity(payload, ("model",)), path)
         return Path(path)
 
 
@@ -102,10 +103,7 @@ def load_oracle(path: str | os.PathLike | None = None) -> PropertyOracle:
     path = Path(path) if path is not None else oracle_file()
     if not path.is_file():
         raise MolgenError(f"oracle weights not found: {path} (run: python scripts/train_oracle.py)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - any unreadable file is one clear error
-        raise MolgenError(f"corrupted or unreadable oracle weights: {path}") from None
+    payload = safe_torch_load(path, "oracle weights")
     if not isinstance(payload, dict) or payload.get("format") != ORACLE_FORMAT:
         raise MolgenError(f"not a molgen oracle file: {path}")
     bcfg = from_dict(BackboneConfig, payload["backbone"], "backbone.")

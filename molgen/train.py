@@ -13,7 +13,6 @@ import contextlib
 import math
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +23,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.loader import DataLoader
 
 from molgen import distributed as dist_utils
-from molgen.checkpoint import load_checkpoint, save_checkpoint
+from molgen.checkpoint import (
+    CHECKPOINT_ARTIFACT,
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    locate_checkpoint,
+    parse_checkpoint_ref,
+    save_checkpoint,
+)
 from molgen.config import RunConfig, build_run_config
 from molgen.data.canonical import canonical_qm9_smiles
+from molgen.data.datasets import load_dataset
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
-from molgen.data.qm9 import load_qm9
 from molgen.ema import EMA
 from molgen.errors import MolgenError
 from molgen.models.registry import get_family
-from molgen.tracking import Tracker, download_artifact
-
-CHECKPOINT_ARTIFACT = "checkpoints"
-CHECKPOINT_NAME = "last.pt"
+from molgen.tracking import Tracker
+from molgen.tracking_store import resolve_tracking_uri, run_exists
 
 
 @dataclass
@@ -96,18 +100,11 @@ def _cycle(loader: DataLoader, sampler: Any, start_epoch: int) -> Iterator[Any]:
         epoch += 1
 
 
-def resolve_resume(resume: str, out_dir: str, tracking_uri: str | None) -> Path:
-    """``--resume`` accepts a checkpoint path or an MLflow run id (local copy first, else the artifact)."""
-    path = Path(resume)
-    if path.is_file():
-        return path
-    local = Path(out_dir) / resume / CHECKPOINT_NAME
-    if local.is_file():
-        return local
-    if path.suffix == ".pt" or "/" in resume:
-        raise MolgenError(f"checkpoint not found: {resume}")
-    dst = Path(tempfile.mkdtemp(prefix="molgen-resume-"))
-    return download_artifact(resume, f"{CHECKPOINT_ARTIFACT}/{CHECKPOINT_NAME}", tracking_uri, dst)
+def resolve_resume(resume: str, out_dir: str, tracking_uri: str | None) -> contextlib.AbstractContextManager[Path]:
+    """``--resume`` accepts a checkpoint path or an MLflow run id (local copy first, else the artifact);
+    a context manager yielding the file (see :func:`molgen.checkpoint.locate_checkpoint`)."""
+    path, run_id = parse_checkpoint_ref(resume)
+    return locate_checkpoint(path, run_id, out_dir=out_dir, tracking_uri=tracking_uri)
 
 
 class Trainer:
@@ -124,9 +121,20 @@ class Trainer:
         if cfg.train.compile and not family.supports_compile:
             raise MolgenError(f"train.compile does not apply to '{cfg.model}': its loss differentiates through "
                               "the network's gradient (double backward), which torch.compile does not support")
+        self._build_data(resume)
+        self._build_model(family)
+        run_id = self._restore(resume)
+        self._build_loader()
+        self._open_run(tracking_uri, run_id)
 
-        data = load_qm9(cfg.data.cache_dir)
-        idx = select_indices(data, cfg.data)
+    # ------------------------------------------------------------------ setup steps
+    def _build_data(self, resume: dict | None) -> None:
+        """Load ``cfg.data.dataset`` (:mod:`molgen.data.datasets`), select the split, and set
+        ``stats`` (the checkpoint's when resuming), ``train_graphs``, ``valid_graphs`` and
+        ``train_smiles`` (canonical SMILES of the training molecules, for novelty)."""
+        cfg = self.cfg
+        data = load_dataset(cfg.data.dataset, cfg.data.cache_dir)
+        idx = select_indices(data, **cfg.data.selection())
         self.stats = (
             DatasetStats.from_dict(resume["stats"]) if resume else compute_stats(data, idx["train"], cfg.data.properties)
         )
@@ -137,25 +145,37 @@ class Trainer:
         if len(self.train_graphs) < cfg.train.batch_size * self.info.world_size:
             raise MolgenError(f"only {len(self.train_graphs)} training molecules for batch size {cfg.train.batch_size}")
 
+    def _build_model(self, family: Any) -> None:
+        """The family's model on the device, its EMA copy, ``torch.compile`` of the backbones when
+        ``train.compile`` (after the EMA copy: evaluation and sampling stay eager) and AdamW."""
+        cfg = self.cfg
         self.model = family(cfg, self.stats).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay)
-        if cfg.train.compile:  # after the EMA copy: evaluation and sampling stay eager
+        if cfg.train.compile:
             from molgen.nn.backbone import compile_backbones
 
             compile_backbones(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         self.step = 0
         self.epoch = 0
-        run_id = None
-        if resume:
-            self.model.load_state_dict(resume["model"])
-            self.ema.load_state_dict(resume["ema_state"])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.step = int(resume["step"])
-            self.epoch = int(resume.get("epoch", 0))
-            run_id = resume.get("run_id")
-            torch.manual_seed(cfg.train.seed + self.step)
 
+    def _restore(self, resume: dict | None) -> str | None:
+        """Load weights, EMA, optimizer, step and epoch from a resume payload (and reseed so the
+        continued run does not replay the first batches); returns the MLflow run id to continue."""
+        if not resume:
+            return None
+        self.model.load_state_dict(resume["model"])
+        self.ema.load_state_dict(resume["ema_state"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.step = int(resume["step"])
+        self.epoch = int(resume.get("epoch", 0))
+        torch.manual_seed(self.cfg.train.seed + self.step)
+        return resume.get("run_id")
+
+    def _build_loader(self) -> None:
+        """The training DataLoader (a DistributedSampler under DDP), ``total_steps`` and ``net``
+        (the model, DDP-wrapped when distributed)."""
+        cfg = self.cfg
         sampler = None
         if self.info.enabled:
             from torch.utils.data.distributed import DistributedSampler
@@ -171,9 +191,19 @@ class Trainer:
             DistributedDataParallel(self.model, find_unused_parameters=True) if self.info.enabled else self.model
         )
 
+    def _open_run(self, tracking_uri: str | None, run_id: str | None) -> None:
+        """Open (or, with ``run_id``, continue) the MLflow run on the main process, share its id with
+        every process, set ``out_dir`` and log the parameters."""
+        cfg = self.cfg
         tags = {"molgen.kind": "train", "molgen.family": cfg.model}
         if cfg.preset:
             tags["molgen.preset"] = cfg.preset
+        if run_id and self.info.is_main and not run_exists(run_id, resolve_tracking_uri(tracking_uri)):
+            # a checkpoint carried to another machine (a CPU campaign across sessions): same step count, new run
+            self.log(f"warning: MLflow run {run_id} is not in this tracking store; continuing step {self.step} "
+                     "in a new run (tag molgen.resumed_from)")
+            tags["molgen.resumed_from"] = run_id
+            run_id = None
         self.tracker = Tracker(
             tracking_uri, "molgen", run_id=run_id, run_name=None if run_id else f"{cfg.model}",
             tags=tags, enabled=self.info.is_main,
@@ -338,7 +368,8 @@ def train(cfg: RunConfig, *, tracking_uri: str | None = None, progress: bool = T
 def resume_training(resume: str, *, tracking_uri: str | None = None, steps: int | None = None,
                     out_dir: str = "outputs", progress: bool = True, log=print) -> TrainResult:
     """Continue a run from its checkpoint (path or MLflow run id) into the same MLflow run."""
-    payload = load_checkpoint(resolve_resume(resume, out_dir, tracking_uri))
+    with resolve_resume(resume, out_dir, tracking_uri) as path:
+        payload = load_checkpoint(path)
     family = get_family(payload["config"]["model"])
     cfg = build_run_config(payload["config"], family.config_cls)
     if steps is not None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from molgen.errors import MolgenError
-from molgen.tracking import _is_http, _sqlite_path, local_artifact_root, resolve_tracking_uri
+from molgen.tracking_store import is_http, local_artifact_root, resolve_tracking_uri, sqlite_path
 
 
 
@@ -24,7 +24,7 @@ def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: i
         MolgenError: for an ``http(s)`` URI, which is a tracking server with its own UI already.
     """
     uri = resolve_tracking_uri(tracking_uri)
-    if _is_http(uri) or uri.startswith("databricks"):
+    if is_http(uri) or uri.startswith("databricks"):
         raise MolgenError(f"{uri} is a tracking server with its own UI; open it in a browser")
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri]
     root = local_artifact_root(uri)
@@ -65,10 +65,10 @@ def launch_ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: in
         MolgenError: no local store there yet, the port is taken, or the server fails to start.
     """
     uri = resolve_tracking_uri(tracking_uri)
-    if _is_http(uri):
+    if is_http(uri):
         print(f"MLflow UI: {uri} (a running tracking server; nothing to start)", flush=True)
         return 0
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.exists():
         raise MolgenError(f"no MLflow store at {db}; train a model here first or pass --tracking-uri")
     if not _port_free(host, port):

@@ -243,7 +243,7 @@ def main() -> None:
     from torch_geometric.loader import DataLoader
 
     data_cfg = resolve_config("diffusion", get_family("diffusion").config_cls, preset=preset).data
-    idx = select_indices(data, data_cfg)["train"]
+    idx = select_indices(data, **data_cfg.selection())["train"]
     stats = compute_stats(data, idx, data_cfg.properties)
     order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))]
     graphs = make_graphs(data, order[: (args.warmup + args.iters) * args.batch_size], stats)

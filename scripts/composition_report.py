@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 
@@ -35,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from molgen.conditional import DISPLAY_UNITS, oracle_predict  # noqa: E402
 from molgen.data.graphs import select_indices  # noqa: E402
 from molgen.data.qm9 import load_qm9  # noqa: E402
-from molgen.generate import call_sample, load_model, parse_sample_options  # noqa: E402
+from molgen.generate import load_model  # noqa: E402
+from molgen.models.options import parse_sample_options  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
 
@@ -59,18 +59,17 @@ def main(argv=None) -> int:
         print("error: the run must be trained on at least two properties", file=sys.stderr)
         return 2
     data = load_qm9(model.cfg.data.cache_dir)
-    train = select_indices(data, model.cfg.data)["train"]
+    train = select_indices(data, **model.cfg.data.selection())["train"]
     rows_idx = train[torch.from_numpy(np.random.RandomState(args.seed).randint(0, len(train), args.n)).long()]
     n_atoms = data.n_atoms[rows_idx]
     targets = {p: data.property(p)[rows_idx].double().numpy() for p in props}
 
     settings = [("unconditional (no target)", None, {})]
     settings += [(f"single {p}", {p: targets[p]}, {}) for p in props] + [("joint", targets, {})]
-    if "composition" in inspect.signature(model.sample).parameters:
-        settings.append(("product of experts", targets, {"composition": "product"}))
+    settings.append(("product of experts", targets, {"composition": "product"}))  # every family composes
     table = {}
     for name, cond, opts in settings:
-        mols = call_sample(model, args.n, cond=cond, n_atoms=n_atoms, steps=args.steps, guidance=args.guidance,
+        mols = model.sample(args.n, cond=cond, n_atoms=n_atoms, steps=args.steps, guidance=args.guidance,
                            seed=args.seed, **common, **opts)
         preds, names = oracle_predict(mols)
         table[name] = {p: float(np.nanmean(np.abs(preds[:, names.index(p)] - targets[p]))) for p in props}

@@ -62,7 +62,7 @@ def run_family(name: str, args) -> dict:
     sample_s = time.perf_counter() - t0
     data = load_qm9(cfg.data.cache_dir)
     canonical = canonical_qm9_smiles(data, cfg.data.cache_dir)
-    train_ids = {canonical[i] for i in select_indices(data, cfg.data)["train"].tolist()} - {None}
+    train_ids = {canonical[i] for i in select_indices(data, **cfg.data.selection())["train"].tolist()} - {None}
     row = {"family": name, "run_id": result.run_id, "params": params, "train_s": train_s, "sample_s": sample_s}
     row.update(basic_metrics(mols, train_smiles=train_ids))
     suite = suite_metrics(mols, cache_dir=cfg.data.cache_dir)

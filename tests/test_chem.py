@@ -391,10 +391,12 @@ def test_qm9_edm_validity_random_subset(qm9) -> None:
     metrics = basic_metrics(mols)
     assert metrics["validity"] >= 0.95, metrics
     assert metrics["uniqueness"] >= 0.99, metrics
+    # point clouds keep EDM's (lenient) validity; no own bonds, so no *_graph figures
+    assert metrics["validity_lenient"] == metrics["validity"] and "mol_stability_graph" not in metrics
 
 
 def test_generated_bonds_and_missing_structure() -> None:
-    """A family's own bonds override EDM's distance rule; no bonds and no coordinates is invalid."""
+    """A family's own bonds decide validity (not stability); no bonds and no coordinates is invalid."""
     import numpy as np
 
     from molgen.chem.build import build_mol, mol_to_smiles, sanitize
@@ -407,9 +409,12 @@ def test_generated_bonds_and_missing_structure() -> None:
     bonds = np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]])
     water = Molecule3D(atom_types=np.array([3, 0, 0]), positions=far, bonds=bonds)
     assert mol_to_smiles(water) == "O"
-    assert stability_counts([water]) == {"atom_stability": 1.0, "mol_stability": 1.0}
+    # stability names always mean EDM's distance rule: three isolated atoms
+    assert stability_counts([water]) == {"atom_stability": 0.0, "mol_stability": 0.0}
     # a structure-less molecule (e.g. an unparsable SMILES) is invalid, not three isolated atoms
     lost = Molecule3D(atom_types=np.array([3, 0, 0]), positions=np.full((3, 3), np.nan))
     assert sanitize(build_mol(lost)) == (None, "no_structure")
     m = basic_metrics([water, lost])
-    assert m["validity"] == 0.5 and m["mol_stability"] == 0.5 and m["atom_stability"] == 0.5
+    assert m["validity"] == 0.5 and m["validity_lenient"] == 0.5
+    assert m["mol_stability"] == 0.0 and m["atom_stability"] == 0.0
+    assert m["mol_stability_graph"] == 0.5 and m["atom_stability_graph"] == 0.5

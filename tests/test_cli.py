@@ -279,3 +279,82 @@ def test_edm_conditional_protocol_end_to_end(trained, tiny_oracle) -> None:
     assert_one_line_error(proc, "does not take sampler option(s) temperature")
     proc = molgen("evaluate", "--run", trained["run_id"], "--sample-opt", "temperature=0.8", cwd=trained["cwd"], env=env)
     assert_one_line_error(proc, "--sample-opt applies to --protocol edm-conditional only")
+
+
+# ---------------------------------------------------------------------------------- checkpoint lookup
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--model", "diffusion", "--set", "data.dataset=zinc"], ["unknown dataset 'zinc' (available: qm9)"]),
+        (["train", "--resume", ".."], ["invalid run id '..'"]),
+        (["generate", "--run", "../..", "-n", "2", "--out", "x.sdf"], ["invalid run id '../..'"]),
+        (["generate", "--run", "a/b", "-n", "2", "--out", "x.sdf"], ["invalid run id 'a/b'"]),
+    ],
+)
+def test_bad_run_id_and_dataset(args, fragments, tmp_path, env) -> None:
+    assert_one_line_error(molgen(*args, cwd=tmp_path, env=env), *fragments)
+    assert not (tmp_path / "x.sdf").exists()
+
+
+def test_run_id_cannot_walk_out_of_outputs(tmp_path) -> None:
+    from molgen.checkpoint import locate_checkpoint
+    from molgen.train import resolve_resume
+
+    (tmp_path / "last.pt").write_bytes(b"not reachable")
+    out_dir = tmp_path / "a" / "b"
+    out_dir.mkdir(parents=True)
+    for run_id in ("../..", "..", "a/b", "a\\b", ""):
+        with pytest.raises(MolgenError, match="invalid run id") as exc:
+            with locate_checkpoint(run_id=run_id, out_dir=out_dir):
+                pass
+        assert "\n" not in str(exc.value)
+    with pytest.raises(MolgenError, match="invalid run id"):
+        with resolve_resume("..", str(out_dir), None):
+            pass
+
+
+def _fake_download(monkeypatch, source: Path) -> list[Path]:
+    """Make MLflow downloads copy ``source`` into the requested folder; returns the folders used."""
+    import shutil
+
+    from molgen import tracking
+
+    used: list[Path] = []
+
+    def download(run_id, artifact_path, tracking_uri=None, dst=None):  # noqa: ANN001
+        assert artifact_path == "checkpoints/last.pt"
+        used.append(Path(dst))
+        return Path(shutil.copy(source, Path(dst) / "last.pt"))
+
+    monkeypatch.setattr(tracking, "download_artifact", download)
+    return used
+
+
+def test_downloaded_checkpoint_folder_is_removed(tmp_path, monkeypatch) -> None:
+    from molgen.checkpoint import CHECKPOINT_NAME, locate_checkpoint
+
+    source = tmp_path / "source.pt"
+    source.write_bytes(b"weights")
+    used = _fake_download(monkeypatch, source)
+    with locate_checkpoint(run_id="0123abcd", out_dir=tmp_path / "outputs") as path:
+        assert path.name == CHECKPOINT_NAME and path.read_bytes() == b"weights"
+    assert len(used) == 1 and not used[0].exists()
+    # a local copy in outputs/<run>/ wins and is left alone
+    local = tmp_path / "outputs" / "0123abcd" / CHECKPOINT_NAME
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"local")
+    with locate_checkpoint(run_id="0123abcd", out_dir=tmp_path / "outputs") as path:
+        assert path == local
+    assert local.is_file() and len(used) == 1
+
+
+def test_load_model_from_a_downloaded_run_cleans_up(trained, tmp_path, monkeypatch) -> None:
+    from molgen.generate import load_model
+
+    used = _fake_download(monkeypatch, trained["checkpoint"])
+    monkeypatch.chdir(tmp_path)  # no outputs/<run>/ here: the artifact is "downloaded"
+    model = load_model(run_id=trained["run_id"], device="cpu")
+    assert list(model.properties) == ["gap"]
+    assert len(used) == 1 and not used[0].exists()

@@ -23,7 +23,7 @@ def _flow(qm9, n_mols: int = 4, properties=("gap",), max_atoms: int | None = Non
     atoms: the exact trace and brute-force Jacobians cost a product per atom slot)."""
     cfg = resolve_config("flow", EquivariantFlow.config_cls, preset="tiny",
                          overrides={"data": {"properties": list(properties)}, "family": family})
-    idx = select_indices(qm9, cfg.data)
+    idx = select_indices(qm9, **cfg.data.selection())
     chosen = idx["train"]
     if max_atoms is not None:  # QM9's first molecules are the smallest
         chosen = torch.nonzero(qm9.n_atoms <= max_atoms).flatten()

@@ -26,7 +26,7 @@ def _model(qm9, family=None, backbone=None, properties=("gap",), n_mols=8, max_a
     if backbone:
         overrides["backbone"] = backbone
     cfg = resolve_config(NAME, EquivariantFlowMatching.config_cls, preset="tiny", overrides=overrides)
-    idx = select_indices(qm9, cfg.data)
+    idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     torch.manual_seed(0)
     model = EquivariantFlowMatching(cfg, stats)
@@ -167,7 +167,7 @@ def test_log_likelihood_includes_log_p_n(qm9) -> None:
     model.eval()
     with_n = model.log_likelihood(batch, exact=True, steps=1)
     n_atoms = torch.bincount(batch.batch)
-    train = select_indices(qm9, model.cfg.data)["train"]
+    train = select_indices(qm9, **model.cfg.data.selection())["train"]
     hist = torch.bincount(qm9.n_atoms[train], minlength=64).double()
     log_pn = torch.log(hist[n_atoms] / hist.sum()).float()
     y, y_mask = model.labels(batch, train=False)

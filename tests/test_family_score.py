@@ -19,6 +19,7 @@ from torch_geometric.loader import DataLoader
 from molgen.config import resolve_config
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
 from molgen.errors import MolgenError
+from molgen.models.base import SampleChunk
 from molgen.models.score import ScoreConfig, ScoreModel
 from molgen.nn.graph import remove_mean, scatter_sum
 
@@ -89,11 +90,10 @@ def test_samplers_reproduce_the_gaussian_variance(sampler: str) -> None:
     idx = torch.repeat_interleave(torch.arange(B), counts)
     y = torch.zeros(B, 0, dtype=torch.float64)
     if sampler == "pc":
-        opts = model.sampler_options("pc", snr=0.16, corrector_steps=1)
-        x, h = model._sample_pc(counts, y, y, 200, 0.0, gen, False, opts)
+        opts = model.sample_options(sampler="pc", snr=0.16, corrector_steps=1, steps=200)
     else:
-        opts = model.sampler_options("ode", solver="heun")
-        x, h = model._sample_ode(counts, y, y, 100, 0.0, gen, False, opts)
+        opts = model.sample_options(sampler="ode", solver="heun", steps=100)
+    x, h = model.sample_state(SampleChunk(counts, y, y), opts, gen, False)
     assert scatter_sum(x, idx, B).abs().max() < 1e-5  # zero centre of mass (float32 sampling)
     dof_x, dof_h = float(((counts - 1) * 3).sum()), float(counts.sum() * model.feat_dim)
     var_x, var_h = float((x ** 2).sum()) / dof_x, float((h ** 2).sum()) / dof_h
@@ -109,15 +109,15 @@ def test_the_variance_check_has_power() -> None:
     model = _gaussian_model(std=2 * S)
     counts = torch.full((100,), 5)
     y = torch.zeros(100, 0, dtype=torch.float64)
-    x, _ = model._sample_ode(counts, y, y, 50, 0.0, torch.Generator().manual_seed(0), False,
-                             model.sampler_options("ode"))
+    x, _ = model.sample_state(SampleChunk(counts, y, y), model.sample_options(sampler="ode", steps=50),
+                              torch.Generator().manual_seed(0), False)
     assert float((x ** 2).sum()) / (100 * 12) / S ** 2 > 3.0
 
 
 @pytest.fixture(scope="module")
 def qm9_batch(qm9):
     cfg = resolve_config("score", ScoreConfig, preset="tiny", overrides={"data": {"properties": ["gap"]}})
-    idx = select_indices(qm9, cfg.data)
+    idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     torch.manual_seed(0)
     model = ScoreModel(cfg, stats)

@@ -18,14 +18,15 @@ from molgen.config import resolve_config
 from molgen.data.graphs import compute_stats, make_graphs, select_indices
 from molgen.metrics.basic import basic_metrics, invalid_reasons
 from molgen.models.registry import get_family
-from molgen.models.vae import gaussian_kl, interpolate, latent_means, latent_probe_r2, linear_probe_r2
+from molgen.models.vae import gaussian_kl
+from molgen.models.vae_latent import interpolate, latent_means, latent_probe_r2, linear_probe_r2
 
 
 @pytest.fixture(scope="module")
 def tiny(qm9):
     family = get_family("vae")
     cfg = resolve_config("vae", family.config_cls, preset="tiny", overrides={"data": {"properties": ["gap", "mu"]}})
-    idx = select_indices(qm9, cfg.data)
+    idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     graphs = make_graphs(qm9, idx["train"][:64], stats)
 

@@ -20,7 +20,7 @@ FAMILIES = family_names()
 def _setup(name: str, qm9, properties=("gap", "mu")):
     family = get_family(name)
     cfg = resolve_config(name, family.config_cls, preset="tiny", overrides={"data": {"properties": list(properties)}})
-    idx = select_indices(qm9, cfg.data)
+    idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     torch.manual_seed(0)
     model = family(cfg, stats)

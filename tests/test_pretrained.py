@@ -84,7 +84,7 @@ def test_generate_pretrained_bad_input(args, fragment, tmp_path) -> None:
 def tiny_checkpoint(qm9, tmp_path):
     family = get_family("diffusion")
     cfg = resolve_config("diffusion", family.config_cls, preset="tiny", overrides={"data": {"properties": ["gap"]}})
-    stats = compute_stats(qm9, select_indices(qm9, cfg.data)["train"], cfg.data.properties)
+    stats = compute_stats(qm9, select_indices(qm9, **cfg.data.selection())["train"], cfg.data.properties)
     torch.manual_seed(0)
     model = family(cfg, stats)
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}

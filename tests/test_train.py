@@ -71,3 +71,29 @@ def test_train_against_real_mlflow_server(tmp_path: Path, qm9_cache: str, mlflow
     )
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert out.read_text().count("$$$$") == 3
+
+
+def test_resume_a_carried_checkpoint_in_another_store(tmp_path: Path, qm9_cache: str) -> None:
+    """A CPU campaign across sessions: the checkpoint travels, the MLflow store does not. Resuming
+    continues the step count in a new run tagged with the old one, instead of failing."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    common = ["-m", "molgen", "train", "--model", "diffusion", "--preset", "tiny"]
+    proc = subprocess.run([sys.executable, *common, "--steps", "4"], cwd=first, capture_output=True, text=True,
+                          timeout=600, env=_env(qm9_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    old_run = _run_id(proc.stdout)
+    ckpt = first / "outputs" / old_run / "last.pt"
+    proc = subprocess.run([sys.executable, *common, "--steps", "6", "--resume", str(ckpt)], cwd=second,
+                          capture_output=True, text=True, timeout=600, env=_env(qm9_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not in this tracking store" in proc.stdout + proc.stderr
+    new_run = _run_id(proc.stdout)
+    assert new_run != old_run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{second}/mlruns.db")
+    run = client.get_run(new_run)
+    assert run.data.tags["molgen.resumed_from"] == old_run
+    steps = [m.step for m in client.get_metric_history(new_run, "train/loss")]
+    assert steps and min(steps) > 4 and max(steps) == 6  # the step count continued

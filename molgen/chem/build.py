@@ -15,6 +15,12 @@ EDM's strings keep every hydrogen atom, so two molecules that differ only in whi
 RDKit completed with implicit hydrogens stay distinct; ``explicit_hydrogens=True`` reproduces that
 (on QM9 itself: uniqueness 99.95% with EDM's strings, 99.62% with implicit hydrogens). No
 stereochemistry is assigned from 3D in either case.
+
+Strict validity (:func:`sanitize_strict`) is for graphs with explicit hydrogens, such as a graph
+family's own bonds on QM9: sanitization must succeed *without* RDKit adding any implicit hydrogen,
+and every atom's valence must equal its charge-adjusted valence
+(:func:`molgen.chem.stability.expected_valence`). A CH3 radical is valid for EDM (RDKit makes it
+methane) but not strictly; NH4+ is valid both ways.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from molgen.chem.elements import ATOMIC_NUMBERS, Molecule3D
 _BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 
 #: Short categories returned by :func:`sanitize` for a molecule RDKit rejects.
-INVALID_REASONS: tuple[str, ...] = ("empty", "no_structure", "valence", "kekulize", "other")
+#: ``"implicit_h"`` only comes from :func:`sanitize_strict` (an under-bonded atom).
+INVALID_REASONS: tuple[str, ...] = ("empty", "no_structure", "valence", "kekulize", "implicit_h", "other")
 _NO_STRUCTURE = "molgen_no_structure"
+_INDEX_BY_Z = {z: i for i, z in enumerate(ATOMIC_NUMBERS)}
 
 
 def bond_matrix(mol: Molecule3D) -> np.ndarray | None:
@@ -41,6 +49,17 @@ def bond_matrix(mol: Molecule3D) -> np.ndarray | None:
     """
     if mol.bonds is not None:
         return np.asarray(mol.bonds)
+    if not mol.has_coordinates:
+        return None
+    return bond_order_matrix(mol.atom_types, mol.positions)
+
+
+def edm_bond_matrix(mol: Molecule3D) -> np.ndarray | None:
+    """EDM's bonds from the distance rule on the positions, ignoring any bonds the molecule carries.
+
+    This is the structure behind ``atom_stability`` / ``mol_stability`` for every family. Returns
+    ``None`` when the molecule has no usable coordinates.
+    """
     if not mol.has_coordinates:
         return None
     return bond_order_matrix(mol.atom_types, mol.positions)
@@ -122,6 +141,41 @@ def sanitize(m: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
         return None, "kekulize"
     except Exception:  # noqa: BLE001 — any other RDKit rejection is "invalid", not a crash
         return None, "other"
+    return out, None
+
+
+def sanitize_strict(m: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
+    """Strict validity for molecules with explicit hydrogens: :func:`sanitize` adding no hydrogen.
+
+    A molecule passes when :func:`sanitize` succeeds, no atom gets an implicit hydrogen or a
+    radical electron, and each H/C/N/O/F atom's valence equals
+    :func:`~molgen.chem.stability.expected_valence` for its formal charge (N+ 4, O- 1, ...).
+    Equivalent to sanitizing with every atom marked "no implicit hydrogens" and no radicals.
+
+    Args:
+        m: an RDKit molecule whose hydrogens are atoms, typically from :func:`build_mol`.
+
+    Returns:
+        ``(sanitized_mol, None)`` (the same molecule as :func:`sanitize` gives), else
+        ``(None, reason)``: :func:`sanitize`'s reasons, plus ``"implicit_h"`` (an under-bonded
+        atom that RDKit would complete with hydrogens, or a radical) and ``"valence"`` (a valence
+        RDKit accepts that differs from the charge-adjusted one).
+    """
+    from molgen.chem.stability import expected_valence
+
+    out, reason = sanitize(m)
+    if out is None:
+        return None, reason
+    types, charges, valences = [], [], []
+    for atom in out.GetAtoms():
+        if atom.GetNumImplicitHs() or atom.GetNumRadicalElectrons():
+            return None, "implicit_h"
+        if atom.GetAtomicNum() in _INDEX_BY_Z:  # other elements: RDKit's verdict alone
+            types.append(_INDEX_BY_Z[atom.GetAtomicNum()])
+            charges.append(atom.GetFormalCharge())
+            valences.append(atom.GetTotalValence())
+    if types and (np.array(valences) != expected_valence(np.array(types), np.array(charges))).any():
+        return None, "valence"
     return out, None
 
 

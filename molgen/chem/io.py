@@ -196,8 +196,9 @@ def write_molecules(mols: Sequence[Molecule3D], path: str | os.PathLike) -> None
     _WRITERS[suffix](mols, path)
 
 
-def _parse_comment(comment: str, n_atoms: int) -> tuple[dict[str, float], np.ndarray | None]:
-    """Properties and charges from ``key=value`` tokens; anything else in the comment is ignored."""
+def parse_comment(comment: str, n_atoms: int) -> tuple[dict[str, float], np.ndarray | None]:
+    """Properties and charges from the ``key=value`` tokens of an XYZ comment line; anything else in
+    the comment is ignored."""
     properties: dict[str, float] = {}
     charges = None
     for token in comment.split():
@@ -282,7 +283,7 @@ def read_xyz(path: str | os.PathLike) -> list[Molecule3D]:
             except ValueError:
                 raise fail(lineno, f"bad coordinates {' '.join(fields[1:4])!r}") from None
             types[k] = index
-        properties, charges = _parse_comment(comment, n)
+        properties, charges = parse_comment(comment, n)
         mols.append(Molecule3D(types, pos, charges, properties))
         i += 2 + n
     return mols

@@ -9,6 +9,10 @@ Formal charges are ignored by default, which is the published protocol. When cha
 nonzero, the target valence follows the octet rule, as later codebases do: elements with lone
 pairs (N, O, F) gain one bond per positive charge and lose one per negative charge (N+ 4, N- 2,
 O+ 3, O- 1, F- 0); H and C lose one bond per unit of charge of either sign (C+ 3, C- 3, H+ 0).
+
+The names ``atom_stability`` / ``mol_stability`` always mean this rule on bonds inferred from the
+positions, whatever the family; the same check on a graph family's own bonds is reported as
+``atom_stability_graph`` / ``mol_stability_graph`` (:func:`molgen.metrics.basic.basic_metrics`).
 """
 
 from __future__ import annotations
@@ -105,10 +109,12 @@ def molecule_stability(
 def stability_counts(mols: Iterable[Molecule3D], use_charges: bool = False) -> dict[str, float]:
     """Atom and molecule stability over a set of molecules.
 
-    EDM's ``analyze_stability_for_molecules``: atom stability is pooled over all atoms.
+    EDM's ``analyze_stability_for_molecules``: atom stability is pooled over all atoms. Bonds are
+    always inferred from the positions (a molecule's own ``bonds`` are ignored); a molecule without
+    usable coordinates has every atom unstable.
 
     Args:
-        mols: molecules; positions in Å (their own ``bonds`` when they have them).
+        mols: molecules; positions in Å.
         use_charges: take each molecule's ``charges`` into account (see module docstring). The
             default ``False`` is the published protocol.
 
@@ -116,13 +122,11 @@ def stability_counts(mols: Iterable[Molecule3D], use_charges: bool = False) -> d
         ``{"atom_stability": stable atoms / all atoms, "mol_stability": stable molecules / all
         molecules}``; both 0.0 for an empty input.
     """
-    from molgen.chem.build import bond_matrix
-
     stable_atoms = n_atoms = stable_mols = n_mols = 0
     for mol in mols:
         charges = mol.charges if use_charges else None
-        bonds = bond_matrix(mol)
-        if bonds is None:  # no structure: every atom unstable
+        bonds = bond_order_matrix(mol.atom_types, mol.positions) if mol.has_coordinates else None
+        if bonds is None:  # no coordinates: every atom unstable
             k, n, ok = 0, mol.num_atoms, False
         else:
             stable = atom_stability_from_bonds(mol.atom_types, bonds, charges)

@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 from torch_geometric.data import Data
 
-from molgen.config import DataConfig
 from molgen.data.properties import get_property
 from molgen.data.qm9 import QM9Data, edm_splits
 from molgen.errors import MolgenError
@@ -108,18 +107,27 @@ class DatasetStats:
         return cls(**d)
 
 
-def select_indices(data: QM9Data, cfg: DataConfig) -> dict[str, torch.Tensor]:
-    """Training and validation molecule indices for ``cfg`` (split, size cap, atom-count cap)."""
+def select_indices(data: QM9Data, *, split: str, max_molecules: int | None = None,
+                   max_atoms: int | None = None) -> dict[str, torch.Tensor]:
+    """Training, validation and test molecule indices (EDM's splits).
+
+    Args:
+        split: the training split, ``train``, ``da`` or ``db``.
+        max_molecules: keep the first N training molecules (and ``max(64, N // 10)`` validation ones).
+        max_atoms: drop training and validation molecules with more atoms.
+
+    A :class:`~molgen.config.DataConfig` gives these as ``select_indices(data, **cfg.data.selection())``.
+    """
     splits = edm_splits(data.num_molecules)
-    train = splits[cfg.split]
+    train = splits[split]
     valid = splits["valid"]
-    if cfg.max_atoms is not None:
+    if max_atoms is not None:
         n = data.n_atoms
-        train = train[n[train] <= cfg.max_atoms]
-        valid = valid[n[valid] <= cfg.max_atoms]
-    if cfg.max_molecules is not None:
-        train = train[: cfg.max_molecules]
-        valid = valid[: max(64, cfg.max_molecules // 10)]
+        train = train[n[train] <= max_atoms]
+        valid = valid[n[valid] <= max_atoms]
+    if max_molecules is not None:
+        train = train[: max_molecules]
+        valid = valid[: max(64, max_molecules // 10)]
     if train.numel() == 0:
         raise MolgenError("no training molecules left after data.max_atoms / data.max_molecules")
     return {"train": train, "valid": valid, "test": splits["test"]}

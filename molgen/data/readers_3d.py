@@ -10,7 +10,7 @@ from rdkit import Chem
 
 from molgen.chem.build import build_mol, sanitize
 from molgen.chem.elements import ATOMIC_NUMBERS, ELEMENT_INDEX, ELEMENTS, Molecule3D
-from molgen.chem.io import _parse_comment
+from molgen.chem.io import parse_comment
 from molgen.data.records import MoleculeRecord, total_atoms as _total_atoms
 
 _ATOMIC_NUMBER_TO_INDEX: dict[int, int] = {z: i for i, z in enumerate(ATOMIC_NUMBERS)}
@@ -181,7 +181,7 @@ def _xyz_block(
     if n > max_atoms:
         record.error = "too_many_atoms"
         return record
-    properties, charges = _parse_comment(comment, n)
+    properties, charges = parse_comment(comment, n)
     mol3d = Molecule3D(types, positions, charges, properties)
     try:
         m, reason = sanitize(build_mol(mol3d))

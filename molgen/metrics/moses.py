@@ -16,6 +16,12 @@ Models", Frontiers in Pharmacology 2020.
   8 or more atoms;
 - logP / SA / QED / weight: Wasserstein-1 distances of the property distributions.
 
+Fingerprints and the Tanimoto metrics (SNN, IntDiv) live here. The rest lives in sibling modules
+and is importable from here too: parsing, valid, unique@k and Novelty in
+:mod:`~molgen.metrics.moses_validity`; Frag / Scaf in :mod:`~molgen.metrics.moses_fragments`;
+Filters in :mod:`~molgen.metrics.moses_filters`; the property distances in
+:mod:`~molgen.metrics.moses_properties`.
+
 Fingerprints are bit-packed (``[n, 16]`` uint64). Tanimoto scans run in a multithreaded numba
 kernel (popcount of ``a & b``, ~3–7 ns per pair on one x86 core) when numba is installed, else in
 chunked float32 matrix products (intersection = ``A @ B.T``) with torch; both are exact.
@@ -23,108 +29,64 @@ chunked float32 matrix products (intersection = ``A @ B.T``) with torch; both ar
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from types import ModuleType
-from typing import Callable, Union
+from typing import Callable
 
 import numpy as np
-from rdkit import Chem, RDConfig, RDLogger
-from rdkit.Chem import Crippen, Descriptors, rdFingerprintGenerator
-from rdkit.Chem import QED as _QED
-from rdkit.Chem.Scaffolds import MurckoScaffold
-from scipy.stats import wasserstein_distance
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
 
-from molgen.errors import MolgenError
+from molgen.metrics.moses_filters import (
+    ALLOWED_ATOMS,
+    filter_flags,
+    fraction_passes_filters,
+    passes_filters,
+    substructure_hits,
+)
+from molgen.metrics.moses_fragments import (
+    compute_fragments,
+    compute_scaffolds,
+    cos_similarity,
+    fragments,
+    scaffold,
+)
+from molgen.metrics.moses_properties import (
+    PROPERTIES,
+    PROPERTY_NAMES,
+    logp,
+    qed,
+    qed_reusing_logp,
+    sa,
+    wasserstein,
+    weight,
+)
+from molgen.metrics.moses_validity import (
+    MolLike,
+    canonical_smiles,
+    fraction_unique,
+    fraction_valid,
+    get_mol,
+    novelty,
+    quiet_rdkit,
+    remove_invalid,
+)
 
-MolLike = Union[str, Chem.Mol]
+__all__ = [
+    "ALLOWED_ATOMS", "FP_BITS", "FP_RADIUS", "FP_WORDS", "PROPERTIES", "PROPERTY_NAMES", "MolLike",
+    "canonical_smiles", "compute_fragments", "compute_scaffolds", "cos_similarity", "filter_flags",
+    "fingerprints", "fraction_passes_filters", "fraction_unique", "fraction_valid", "fragments",
+    "get_mol", "internal_diversities", "internal_diversity", "logp", "max_tanimoto", "morgan_bits",
+    "novelty", "pack_fingerprints", "passes_filters", "popcounts", "qed", "qed_reusing_logp",
+    "quiet_rdkit", "remove_invalid", "sa", "scaffold", "snn", "substructure_hits", "wasserstein",
+    "weight",
+]  # fmt: skip
+
 
 #: Morgan fingerprint of MOSES's SNN / IntDiv: radius 2, 1,024 bits.
 FP_RADIUS = 2
 FP_BITS = 1024
 FP_WORDS = FP_BITS // 64
-#: Atoms a molecule may contain to pass MOSES's filters.
-ALLOWED_ATOMS: frozenset[str] = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
-#: The property distributions compared (Wasserstein-1), MOSES's names and order.
-PROPERTY_NAMES: tuple[str, ...] = ("logP", "SA", "QED", "weight")
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def get_mol(smiles_or_mol: MolLike) -> Chem.Mol | None:
-    """An RDKit molecule from SMILES (``None`` if empty, unparsable or unsanitizable); a
-    molecule is returned as is (MOSES ``get_mol``)."""
-    if not isinstance(smiles_or_mol, str):
-        return smiles_or_mol
-    if not smiles_or_mol:
-        return None
-    mol = Chem.MolFromSmiles(smiles_or_mol)
-    if mol is None:
-        return None
-    try:
-        Chem.SanitizeMol(mol)
-    except ValueError:
-        return None
-    return mol
-
-
-def canonical_smiles(smiles_or_mol: MolLike) -> str | None:
-    """RDKit canonical (isomeric) SMILES, or ``None`` for an invalid molecule."""
-    mol = get_mol(smiles_or_mol)
-    return None if mol is None else Chem.MolToSmiles(mol)
-
-
-def fraction_valid(smiles: Sequence[MolLike]) -> float:
-    """Fraction of inputs that are valid molecules (``nan`` for an empty list)."""
-    if not smiles:
-        return float("nan")
-    with quiet_rdkit():
-        return sum(get_mol(s) is not None for s in smiles) / len(smiles)
-
-
-def remove_invalid(smiles: Iterable[MolLike]) -> list[str]:
-    """Canonical SMILES of the valid inputs, in input order (duplicates kept)."""
-    with quiet_rdkit():
-        return [c for c in map(canonical_smiles, smiles) if c is not None]
-
-
-def fraction_unique(smiles: Sequence[MolLike], k: int | None = None) -> float:
-    """unique@k: distinct canonical SMILES among the first ``k`` inputs / their number.
-
-    MOSES applies it to the canonical SMILES of the valid molecules. With fewer than ``k``
-    inputs it warns and uses all of them (as MOSES does).
-
-    Raises:
-        ValueError: if an input is not a valid molecule.
-    """
-    if k is not None:
-        if len(smiles) < k:
-            warnings.warn(f"can't compute unique@{k}: only {len(smiles)} molecules", stacklevel=2)
-        smiles = smiles[:k]
-    if not smiles:
-        return float("nan")
-    canonical = set(map(canonical_smiles, smiles))
-    if None in canonical:
-        raise ValueError("invalid molecule passed to unique@k")
-    return len(canonical) / len(smiles)
-
-
-def novelty(smiles: Iterable[MolLike], train: Iterable[str] | set[str]) -> float:
-    """Distinct valid canonical SMILES not in ``train`` / distinct valid canonical SMILES.
-
-    ``train`` holds reference SMILES as they are (MOSES compares with its canonical training
-    SMILES without re-canonicalizing them).
-    """
-    gen = set(map(canonical_smiles, smiles)) - {None}
-    if not gen:
-        return float("nan")
-    train_set = train if isinstance(train, (set, frozenset)) else set(train)
-    return len(gen - train_set) / len(gen)
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -361,232 +323,3 @@ def internal_diversity(fps: np.ndarray, p: int = 1) -> float:
     if p not in (1, 2):
         raise ValueError("p must be 1 or 2")
     return internal_diversities(fps)[p - 1]
-
-
-# ----------------------------------------------------------------------------- fragments, scaffolds
-
-
-def fragments(mol: Chem.Mol) -> list[str]:
-    """BRICS fragments (with dummy atoms) as canonical SMILES, one entry per fragment."""
-    return Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split(".")
-
-
-def scaffold(mol: Chem.Mol, min_rings: int = 2) -> str | None:
-    """Bemis–Murcko scaffold SMILES, or ``None`` if it has fewer than ``min_rings`` rings."""
-    try:
-        scaf = MurckoScaffold.GetScaffoldForMol(mol)
-    except (ValueError, RuntimeError):
-        return None
-    smiles = Chem.MolToSmiles(scaf)
-    if not smiles or scaf.GetRingInfo().NumRings() < min_rings:
-        return None
-    return smiles
-
-
-def compute_fragments(mols: Iterable[MolLike]) -> Counter:
-    """BRICS fragment counts over valid molecules (MOSES ``compute_fragments``)."""
-    counts: Counter = Counter()
-    for m in mols:
-        mol = get_mol(m)
-        if mol is None:
-            raise ValueError("invalid molecule passed to compute_fragments")
-        counts.update(fragments(mol))
-    return counts
-
-
-def compute_scaffolds(mols: Iterable[MolLike], min_rings: int = 2) -> Counter:
-    """Scaffold counts over valid molecules, scaffolds with < ``min_rings`` rings left out
-    (MOSES ``compute_scaffolds``)."""
-    counts: Counter = Counter()
-    for m in mols:
-        mol = get_mol(m)
-        if mol is None:
-            raise ValueError("invalid molecule passed to compute_scaffolds")
-        scaf = scaffold(mol, min_rings)
-        if scaf is not None:
-            counts[scaf] += 1
-    return counts
-
-
-def cos_similarity(ref_counts: Mapping[str, float], gen_counts: Mapping[str, float]) -> float:
-    """Cosine similarity of two count vectors given as ``{key: count}`` (missing keys are 0);
-    ``nan`` if either is empty (MOSES ``cos_similarity``)."""
-    if not ref_counts or not gen_counts:
-        return float("nan")
-    small, big = sorted((ref_counts, gen_counts), key=len)
-    dot = sum(float(v) * float(big.get(k, 0)) for k, v in small.items())
-    norm = np.sqrt(sum(float(v) ** 2 for v in ref_counts.values()))
-    norm *= np.sqrt(sum(float(v) ** 2 for v in gen_counts.values()))
-    return float(dot / norm)
-
-
-# ----------------------------------------------------------------------------- filters
-
-
-@lru_cache(maxsize=1)
-def _filter_patterns() -> tuple[Chem.Mol, ...]:
-    from molgen.metrics.references import moses_filter_smarts
-
-    patterns = []
-    for smarts in moses_filter_smarts():
-        pattern = Chem.MolFromSmarts(smarts)
-        if pattern is None:
-            raise MolgenError(f"MOSES filter SMARTS does not parse: {smarts}")
-        patterns.append(pattern)
-    return tuple(patterns)
-
-
-def _passes_simple_filters(mol: Chem.Mol) -> bool:
-    """The filters other than the structural alerts."""
-    if any(len(ring) >= 8 for ring in mol.GetRingInfo().AtomRings()):
-        return False
-    atoms = mol.GetAtoms()
-    if any(a.GetFormalCharge() != 0 for a in atoms):
-        return False
-    if any(a.GetSymbol() not in ALLOWED_ATOMS for a in atoms):
-        return False
-    smiles = Chem.MolToSmiles(mol, isomericSmiles=False)
-    return bool(smiles) and Chem.MolFromSmiles(smiles) is not None
-
-
-def passes_filters(mol: MolLike) -> bool:
-    """MOSES ``mol_passes_filters``: no ring of >= 8 atoms, no formal charge, only
-    :data:`ALLOWED_ATOMS`, no MCF / PAINS alert (matched on the molecule with explicit H), and a
-    non-isomeric SMILES that RDKit reads back. One molecule; :func:`filter_flags` is the fast
-    batched form."""
-    mol = get_mol(mol)
-    if mol is None or not _passes_simple_filters(mol):
-        return False
-    h_mol = Chem.AddHs(mol)
-    return not any(h_mol.HasSubstructMatch(p) for p in _filter_patterns())
-
-
-def substructure_hits(
-    mols: Sequence[Chem.Mol], patterns: Sequence[Chem.Mol], *, num_threads: int = 1
-) -> np.ndarray:
-    """``[len(mols)]`` int: how many of ``patterns`` each molecule contains.
-
-    Same result as counting ``mol.HasSubstructMatch(p)`` (default match parameters: chirality
-    ignored), but patterns are screened against the whole set at once with RDKit's
-    ``SubstructLibrary`` and pattern fingerprints, ~20x faster than the double loop.
-    """
-    from rdkit.Chem import rdSubstructLibrary
-
-    counts = np.zeros(len(mols), np.int64)
-    if not len(mols) or not len(patterns):
-        return counts
-    library = rdSubstructLibrary.SubstructLibrary(
-        rdSubstructLibrary.MolHolder(), rdSubstructLibrary.PatternHolder()
-    )
-    for mol in mols:
-        library.AddMol(mol)
-    params = Chem.SubstructMatchParameters()
-    for pattern in patterns:
-        hits = library.GetMatches(pattern, params, num_threads, -1)
-        if len(hits):
-            counts[np.fromiter(hits, np.int64, len(hits))] += 1
-    return counts
-
-
-def filter_flags(mols: Sequence[MolLike], *, num_threads: int = 1) -> np.ndarray:
-    """``[n]`` bool: :func:`passes_filters` for every molecule, batched."""
-    parsed = [get_mol(m) for m in mols]
-    flags = np.array([m is not None and _passes_simple_filters(m) for m in parsed], bool)
-    candidates = np.flatnonzero(flags)
-    h_mols = [Chem.AddHs(parsed[i]) for i in candidates]
-    alerts = substructure_hits(h_mols, _filter_patterns(), num_threads=num_threads)
-    flags[candidates[alerts > 0]] = False
-    return flags
-
-
-def fraction_passes_filters(mols: Sequence[MolLike], *, num_threads: int = 1) -> float:
-    """Fraction of molecules passing :func:`passes_filters`."""
-    if not mols:
-        return float("nan")
-    with quiet_rdkit():
-        return float(np.mean(filter_flags(mols, num_threads=num_threads)))
-
-
-# ----------------------------------------------------------------------------- properties
-
-
-@lru_cache(maxsize=1)
-def _sascorer() -> ModuleType:
-    path = f"{RDConfig.RDContribDir}/SA_Score/sascorer.py"
-    spec = importlib.util.spec_from_file_location("molgen_rdkit_sascorer", path)
-    try:
-        if spec is None or spec.loader is None:
-            raise FileNotFoundError(path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except FileNotFoundError:
-        raise MolgenError(f"RDKit's SA score is missing ({path}); reinstall rdkit") from None
-    return module
-
-
-def logp(mol: Chem.Mol) -> float:
-    """Crippen logP (RDKit ``MolLogP``)."""
-    return Crippen.MolLogP(mol)
-
-
-def sa(mol: Chem.Mol) -> float:
-    """Synthetic accessibility score (Ertl & Schuffenhauer 2009; RDKit Contrib ``sascorer``)."""
-    return _sascorer().calculateScore(mol)
-
-
-def qed(mol: Chem.Mol) -> float:
-    """QED drug-likeness (Bickerton et al. 2012; RDKit ``QED.qed``)."""
-    return _QED.qed(mol)
-
-
-def qed_reusing_logp(mol: Chem.Mol, logp_value: float) -> float:
-    """``QED.qed(mol)`` reusing an already computed Crippen logP of ``mol``.
-
-    Mirrors ``rdkit.Chem.QED.properties`` term by term (its logP is a third of its cost);
-    ``tests/test_moses_metrics.py`` checks it equals ``QED.qed``.
-    """
-    from rdkit.Chem import MolSurf
-    from rdkit.Chem import rdMolDescriptors as rdmd
-
-    m = Chem.RemoveHs(mol)
-    if m.GetNumAtoms() != mol.GetNumAtoms():  # explicit H atoms: logP of ``mol`` differs
-        logp_value = Crippen.MolLogP(m)
-    props = _QED.QEDproperties(
-        MW=rdmd._CalcMolWt(m),
-        ALOGP=logp_value,
-        HBA=sum(len(m.GetSubstructMatches(p)) for p in _QED.Acceptors if m.HasSubstructMatch(p)),
-        HBD=rdmd.CalcNumHBD(m),
-        PSA=MolSurf.TPSA(m),
-        ROTB=rdmd.CalcNumRotatableBonds(m, rdmd.NumRotatableBondsOptions.Strict),
-        AROM=len(Chem.GetSSSR(Chem.DeleteSubstructs(Chem.Mol(m), _QED.AliphaticRings))),
-        ALERTS=sum(1 for alert in _QED.StructuralAlerts if m.HasSubstructMatch(alert)),
-    )
-    return _QED.qed(m, qedProperties=props)
-
-
-def weight(mol: Chem.Mol) -> float:
-    """Average molecular weight (RDKit ``Descriptors.MolWt``)."""
-    return Descriptors.MolWt(mol)
-
-
-PROPERTIES: dict[str, Callable[[Chem.Mol], float]] = {
-    "logP": logp,
-    "SA": sa,
-    "QED": qed,
-    "weight": weight,
-}
-
-
-def wasserstein(ref_values: Sequence[float], gen_values: Sequence[float]) -> float:
-    """Wasserstein-1 distance between two empirical 1-D distributions (``scipy.stats``)."""
-    return float(wasserstein_distance(ref_values, gen_values))
-
-
-@contextlib.contextmanager
-def quiet_rdkit() -> Iterator[None]:
-    """Silence RDKit's parse / sanitize messages inside the block."""
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        yield
-    finally:
-        RDLogger.EnableLog("rdApp.*")

@@ -296,7 +296,8 @@ def reference_stats(
 
 
 @lru_cache(maxsize=1)
-def _train_set() -> frozenset[str]:
+def train_set() -> frozenset[str]:
+    """MOSES's training SMILES as a set (for Novelty), read once."""
     return frozenset(load_moses_split("train"))
 
 
@@ -385,7 +386,7 @@ def moses_metrics(
     out["Filters"] = float(np.mean(gen.passes_filters))
     for name in M.PROPERTY_NAMES:
         out[name] = results["Test"][name]
-    out["Novelty"] = len(set(gen.canonical) - _train_set()) / len(set(gen.canonical))
+    out["Novelty"] = len(set(gen.canonical) - train_set()) / len(set(gen.canonical))
     clock("novelty")
     return {key: float(out[key]) for key in MOSES_KEYS}
 

@@ -132,7 +132,7 @@ def _moses_reference(smiles: list[str], groups: frozenset[str], n_jobs: int,
     import numpy as np
 
     from molgen.metrics.fcd import fcd_stats, frechet_distance
-    from molgen.metrics.moses_suite import _train_set, compute_features, moses_precomputed_stats, score_against
+    from molgen.metrics.moses_suite import compute_features, moses_precomputed_stats, score_against, train_set
 
     gen = None
     if "moses" in groups:
@@ -164,7 +164,7 @@ def _moses_reference(smiles: list[str], groups: frozenset[str], n_jobs: int,
         out["Filters"] = float(np.mean(gen.passes_filters))
         out.update(props)
     if "basic" in groups:
-        out["Novelty"] = len(set(canonical) - _train_set()) / len(set(canonical))
+        out["Novelty"] = len(set(canonical) - train_set()) / len(set(canonical))
     return {k: float(v) for k, v in out.items()}
 
 

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
+from molgen.models.base import SampleChunk, register
+from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
-from molgen.models.registry import register
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import vp
@@ -52,19 +53,19 @@ class EquivariantDiffusion(PointCloudGenerator):
     def _diffusion_error(self, batch: Any, t_int: Tensor, train: bool) -> dict[str, Tensor]:
         """Noise the batch at integer times ``t_int`` [B] and return per-molecule squared errors."""
         T = self.fc.timesteps
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x = self.positions(batch)
         h = self.features(batch)
         t = t_int.float() / T
         gamma_t = self.schedule.gamma(t)
-        g = gamma_t[idx][:, None]
-        eps_x = remove_mean(torch.randn_like(x), idx, B)
+        g = gamma_t[batch_index][:, None]
+        eps_x = remove_mean(torch.randn_like(x), batch_index, B)
         eps_h = torch.randn_like(h)
         zx, zh = vp.noise(x, eps_x, g), vp.noise(h, eps_h, g)
         y, y_mask = self.labels(batch, train)
-        eps_hat_x, eps_hat_h = self.net(zx, zh, t, idx, B, y, y_mask)
-        err_x = scatter_sum(((eps_x - eps_hat_x) ** 2).sum(-1), idx, B)
-        err_h = scatter_sum(((eps_h - eps_hat_h) ** 2).sum(-1), idx, B)
+        eps_hat_x, eps_hat_h = self.net(zx, zh, t, batch_index, B, y, y_mask)
+        err_x = scatter_sum(((eps_x - eps_hat_x) ** 2).sum(-1), batch_index, B)
+        err_h = scatter_sum(((eps_h - eps_hat_h) ** 2).sum(-1), batch_index, B)
         return {"x": x, "h": h, "zh": zh, "err_x": err_x, "err_h": err_h, "gamma_t": gamma_t}
 
     def loss(self, batch: Any) -> dict[str, Tensor]:
@@ -83,9 +84,9 @@ class EquivariantDiffusion(PointCloudGenerator):
     def log_likelihood(self, batch: Any) -> Tensor:
         """Single-sample estimate of EDM's variational lower bound on log p(x, h, N), nats per molecule."""
         T = self.fc.timesteps
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         device = batch.pos.device
-        n_atoms = torch.bincount(idx, minlength=B)
+        n_atoms = torch.bincount(batch_index, minlength=B)
         dims_x, dims_h = self.dims(n_atoms)
         # diffusion term, t ~ U{1..T}, times T
         t_int = torch.randint(1, T + 1, (B,), device=device)
@@ -95,13 +96,13 @@ class EquivariantDiffusion(PointCloudGenerator):
         # prior KL at t = 1
         gamma_1 = self.schedule.gamma(torch.ones(B, device=device))
         a2 = torch.sigmoid(-gamma_1)
-        kl_x = vp.kl_to_standard_normal(a2 * scatter_sum((out["x"] ** 2).sum(-1), idx, B), 1 - a2, dims_x)
-        kl_h = vp.kl_to_standard_normal(a2 * scatter_sum((out["h"] ** 2).sum(-1), idx, B), 1 - a2, dims_h)
+        kl_x = vp.kl_to_standard_normal(a2 * scatter_sum((out["x"] ** 2).sum(-1), batch_index, B), 1 - a2, dims_x)
+        kl_h = vp.kl_to_standard_normal(a2 * scatter_sum((out["h"] ** 2).sum(-1), batch_index, B), 1 - a2, dims_h)
         # reconstruction term at t = 0
         out0 = self._diffusion_error(batch, torch.zeros(B, dtype=torch.long, device=device), train=False)
         gamma_0 = out0["gamma_t"]
         nll_x0 = 0.5 * out0["err_x"] + vp.gaussian_nll_constant(dims_x, gamma_0)
-        sigma_0 = torch.sigmoid(gamma_0).sqrt()[idx][:, None]
+        sigma_0 = torch.sigmoid(gamma_0).sqrt()[batch_index][:, None]
         zh = out0["zh"]
         onehot = nn.functional.one_hot(batch.atom_types, self.num_types).float()
         log_ph = vp.categorical_log_prob(onehot, zh[:, : self.num_types] / self.fc.type_scale, sigma_0 / self.fc.type_scale)
@@ -109,26 +110,27 @@ class EquivariantDiffusion(PointCloudGenerator):
             log_ph = log_ph + vp.discretized_gaussian_log_prob(
                 batch.charges.float(), zh[:, -1] / self.fc.charge_scale, sigma_0[:, 0] / self.fc.charge_scale
             )
-        nll_h0 = -scatter_sum(log_ph, idx, B)
+        nll_h0 = -scatter_sum(log_ph, batch_index, B)
         log_pn = self.stats.log_prob_n_atoms(n_atoms)
         return -(kl_x + kl_h + diffusion + nll_x0 + nll_h0) + log_pn
 
-    def _sample_chunk(self, counts, y, y_mask, steps, guidance, gen, progress) -> tuple[Tensor, Tensor]:
-        """Ancestral sampling with ``steps`` evenly spaced steps of the trained chain."""
-        device = self.device
-        B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
+    def sample_state(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling with ``opts.steps`` evenly spaced steps of the trained chain."""
+        y, y_mask, steps, guide = chunk.y, chunk.y_mask, opts.steps, opts.guide
+        device, B = self.device, chunk.counts.numel()
+        batch_index, zx, zh = self.prior(chunk.counts, gen)
         N = zx.shape[0]
         for i in self.steps_iter(steps, progress):
             s = torch.full((B,), i / steps, device=device)
             t = torch.full((B,), (i + 1) / steps, device=device)
             gs, gt = self.schedule.gamma(s), self.schedule.gamma(t)
-            eps_x, eps_h = self.guided(self.net, zx, zh, t, idx, B, y, y_mask, guidance)
-            gsn, gtn = gs[idx][:, None], gt[idx][:, None]
-            zx = vp.posterior_step(zx, eps_x, gsn, gtn, remove_mean(self.randn((N, 3), gen), idx, B))
+            eps_x, eps_h = self.guided(self.net, zx, zh, t, batch_index, B, y, y_mask, **guide)
+            gsn, gtn = gs[batch_index][:, None], gt[batch_index][:, None]
+            zx = vp.posterior_step(zx, eps_x, gsn, gtn, remove_mean(self.randn((N, 3), gen), batch_index, B))
             zh = vp.posterior_step(zh, eps_h, gsn, gtn, self.randn((N, self.feat_dim), gen))
-            zx = remove_mean(zx, idx, B)  # keep the zero-CoM subspace against round-off
+            zx = remove_mean(zx, batch_index, B)  # keep the zero-CoM subspace against round-off
         t0 = torch.zeros(B, device=device)
-        g0 = self.schedule.gamma(t0)[idx][:, None]
-        eps_x, eps_h = self.guided(self.net, zx, zh, t0, idx, B, y, y_mask, guidance)
+        g0 = self.schedule.gamma(t0)[batch_index][:, None]
+        eps_x, eps_h = self.guided(self.net, zx, zh, t0, batch_index, B, y, y_mask, **guide)
         return vp.predict_x0(zx, eps_x, g0), vp.predict_x0(zh, eps_h, g0)

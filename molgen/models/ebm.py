@@ -53,25 +53,23 @@ KDE on oracle embeddings is the sample-based proxy).
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from molgen.chem.elements import Molecule3D
 from molgen.config import BackboneConfig, RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
-from molgen.models.base import Targets
+from molgen.models.base import SampleChunk, register
+from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
-from molgen.models.registry import register
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.nn.conditioning import ConditionEncoder
 from molgen.nn.graph import remove_mean, scatter_sum
-from molgen.sampling.guidance import check_composition, guidance_experts
+from molgen.sampling.guidance import guidance_experts, stack_experts
 from molgen.sampling.langevin import annealed_langevin, geometric_sigmas, level_of_step
 
 
@@ -98,7 +96,6 @@ class EBMConfig(PointCloudConfig):
     step_size: float = 1.0e-5
     mala: bool = False
     denoise: bool = True
-    composition: str = "joint"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sigma_min < self.sigma_max:
@@ -107,30 +104,22 @@ class EBMConfig(PointCloudConfig):
             raise MolgenError("family.base_scale and family.step_size must be positive")
         if self.steps_per_level < 1:
             raise MolgenError("family.steps_per_level must be at least 1")
-        check_composition(self.composition)
+        super().__post_init__()
 
 
-def _as_bool(value: Any, key: str) -> bool:
-    """Booleans as given in code or as strings from ``--sample-opt key=value``."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise MolgenError(f"sample option '{key}' expects true/false, got {value!r}")
+@dataclass(frozen=True)
+class EBMSampleOptions(SampleOptions):
+    """The EBM's sampler options (defaults: the ``family:`` keys of the same names)."""
 
+    mala: bool = False
+    step_size: float = 1.0e-5
+    steps_per_level: int = 10
+    denoise: bool = True
 
-@dataclass
-class SamplerOptions:
-    """The EBM's sampling options (defaults from the family config, overridable per ``sample`` call)."""
-
-    composition: str
-    mala: bool
-    step_size: float
-    steps_per_level: int
-    denoise: bool
+    def validate(self) -> None:
+        super().validate()
+        if self.step_size <= 0 or self.steps_per_level < 1:
+            raise MolgenError("sample options step_size must be positive and steps_per_level at least 1")
 
 
 class EnergyNetwork(nn.Module):
@@ -152,25 +141,25 @@ class EnergyNetwork(nn.Module):
         F = bcfg.scalar_dim
         self.head = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 1))
 
-    def forward(self, x: Tensor, h: Tensor, t: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
+    def forward(self, x: Tensor, h: Tensor, t: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
                 y_mask: Tensor) -> Tensor:
         c = self.cond(num_graphs, t, y, y_mask)  # [B, cond_dim]
-        out = self.backbone(h, x, batch, c, num_graphs=num_graphs)
+        out = self.backbone(h, x, batch_index, c, num_graphs=num_graphs)
         e_atom = self.head(out.scalars)[:, 0]  # [N]
         if e_atom.dtype in (torch.float16, torch.bfloat16):  # autocast: sum and differentiate in fp32
             e_atom = e_atom.float()
-        return scatter_sum(e_atom, batch, num_graphs)  # [B]
+        return scatter_sum(e_atom, batch_index, num_graphs)  # [B]
 
 
 @register("ebm")
 class EnergyBasedModel(PointCloudGenerator):
     supports_compile = False  # the loss differentiates through the network's gradient (double backward)
     config_cls = EBMConfig
+    options_cls = EBMSampleOptions
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
         self.net = EnergyNetwork(self.feat_dim, len(stats.properties), cfg.backbone)
-        self._opts: SamplerOptions | None = None
         self.last_acceptance: float | None = None  # MALA acceptance rate of the last sampled chunk
 
     # ------------------------------------------------------------------ energy
@@ -179,17 +168,17 @@ class EnergyBasedModel(PointCloudGenerator):
         fc = self.fc
         return torch.log(sigma / fc.sigma_min) / math.log(fc.sigma_max / fc.sigma_min)
 
-    def energy(self, x: Tensor, h: Tensor, sigma: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
+    def energy(self, x: Tensor, h: Tensor, sigma: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
                y_mask: Tensor) -> Tensor:
         """``E(x, h, sigma | y)`` per molecule ``[B]`` (``sigma`` ``[B]``), see the module docstring."""
-        xc = remove_mean(x, batch, num_graphs)
-        sq = scatter_sum((xc**2).sum(-1) + (h**2).sum(-1), batch, num_graphs)
+        xc = remove_mean(x, batch_index, num_graphs)
+        sq = scatter_sum((xc**2).sum(-1) + (h**2).sum(-1), batch_index, num_graphs)
         sig = sigma.to(sq.dtype)
         base = sq / (2.0 * (sig**2 + self.fc.base_scale**2))
-        e_net = self.net(x, h, self.noise_time(sigma), batch, num_graphs, y, y_mask)
+        e_net = self.net(x, h, self.noise_time(sigma), batch_index, num_graphs, y, y_mask)
         return base + e_net.to(sq.dtype) / sig
 
-    def composed_energy(self, x: Tensor, h: Tensor, sigma: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
+    def composed_energy(self, x: Tensor, h: Tensor, sigma: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
                         y_mask: Tensor, guidance: float = 0.0, composition: str = "joint") -> Tensor:
         """Guided / composed energy per molecule: ``sum_k c_k E(x | condition_k)`` in one batched call.
 
@@ -197,49 +186,45 @@ class EnergyBasedModel(PointCloudGenerator):
         ``(1 + w) sum_p E(x | y_p) - (P - 1 + w P) E(x | ∅)`` over the properties given per molecule
         (:func:`molgen.sampling.guidance.guidance_experts`).
         """
-        B = num_graphs
-        conds = guidance_experts(y, y_mask, guidance, composition)
-        K = len(conds)
-        offsets = torch.repeat_interleave(torch.arange(K, device=batch.device) * B, batch.numel())
-        e = self.energy(
-            x.repeat(K, 1), h.repeat(K, 1), sigma.repeat(K), batch.repeat(K) + offsets, K * B,
-            torch.cat([c[0] for c in conds]), torch.cat([c[1] for c in conds]),
-        ).view(K, B)
-        coef = torch.stack([c[2] for c in conds]).to(e.dtype)
-        return (coef * e).sum(0)
+        experts = guidance_experts(y, y_mask, guidance, composition)
+        K = len(experts)
+        index_k, y_k, mask_k, coef = stack_experts(experts, batch_index, num_graphs)
+        e = self.energy(x.repeat(K, 1), h.repeat(K, 1), sigma.repeat(K), index_k, K * num_graphs, y_k,
+                        mask_k).view(K, num_graphs)
+        return (coef.to(e.dtype) * e).sum(0)
 
-    def energy_and_grad(self, x: Tensor, h: Tensor, sigma: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
+    def energy_and_grad(self, x: Tensor, h: Tensor, sigma: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
                         y_mask: Tensor, guidance: float = 0.0, composition: str = "joint"
                         ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Composed energy ``[B]`` and its gradient w.r.t. ``(x, h)`` (detached; works under no_grad)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             h = h.detach().requires_grad_(True)
-            e = self.composed_energy(x, h, sigma, batch, num_graphs, y, y_mask, guidance, composition)
+            e = self.composed_energy(x, h, sigma, batch_index, num_graphs, y, y_mask, guidance, composition)
             gx, gh = torch.autograd.grad(e.sum(), (x, h))
-        return e.detach(), (remove_mean(gx, batch, num_graphs), gh)
+        return e.detach(), (remove_mean(gx, batch_index, num_graphs), gh)
 
     # ------------------------------------------------------------------ protocol
     def loss(self, batch: Any) -> dict[str, Tensor]:
         """Denoising score matching of ``-grad E`` with weight sigma^2, sigma log-uniform, per degree of freedom."""
         fc = self.fc
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x, h = self.positions(batch), self.features(batch)
         sigma = fc.sigma_min * (fc.sigma_max / fc.sigma_min) ** torch.rand(B, device=x.device, dtype=x.dtype)
-        s = sigma[idx][:, None]
-        eps_x = remove_mean(torch.randn_like(x), idx, B)
+        s = sigma[batch_index][:, None]
+        eps_x = remove_mean(torch.randn_like(x), batch_index, B)
         eps_h = torch.randn_like(h)
         y, y_mask = self.labels(batch, train=True)
         create_graph = torch.is_grad_enabled()  # validation runs under no_grad: no second-order graph
         with torch.enable_grad():
             zx = (x + s * eps_x).detach().requires_grad_(True)
             zh = (h + s * eps_h).detach().requires_grad_(True)
-            e = self.energy(zx, zh, sigma, idx, B, y, y_mask)
+            e = self.energy(zx, zh, sigma, batch_index, B, y, y_mask)
             gx, gh = torch.autograd.grad(e.sum(), (zx, zh), create_graph=create_graph)
         # sigma * score + eps, with score = -grad E; the optimum is score = -eps / sigma in expectation
-        err_x = scatter_sum(((eps_x - s * gx.to(x.dtype)) ** 2).sum(-1), idx, B)
-        err_h = scatter_sum(((eps_h - s * gh.to(h.dtype)) ** 2).sum(-1), idx, B)
-        n_atoms = torch.bincount(idx, minlength=B).to(err_x.dtype)
+        err_x = scatter_sum(((eps_x - s * gx.to(x.dtype)) ** 2).sum(-1), batch_index, B)
+        err_h = scatter_sum(((eps_h - s * gh.to(h.dtype)) ** 2).sum(-1), batch_index, B)
+        n_atoms = torch.bincount(batch_index, minlength=B).to(err_x.dtype)
         per_mol = (err_x + err_h) / (n_atoms * (3 + self.feat_dim))
         return {
             "loss": per_mol.mean(),
@@ -252,52 +237,6 @@ class EnergyBasedModel(PointCloudGenerator):
         return None
 
     # ------------------------------------------------------------------ sampling
-    def sampler_options(self, **overrides: Any) -> SamplerOptions:
-        """Defaults from ``family:``, overridden by ``sample`` keywords (strings from the CLI accepted)."""
-        fc = self.fc
-        get = lambda key, default: default if overrides.get(key) is None else overrides[key]  # noqa: E731
-        try:
-            opts = SamplerOptions(
-                composition=check_composition(str(get("composition", fc.composition))),
-                mala=_as_bool(get("mala", fc.mala), "mala"),
-                step_size=float(get("step_size", fc.step_size)),
-                steps_per_level=int(get("steps_per_level", fc.steps_per_level)),
-                denoise=_as_bool(get("denoise", fc.denoise), "denoise"),
-            )
-        except ValueError as exc:
-            raise MolgenError(f"bad sample option: {exc}") from None
-        if opts.step_size <= 0 or opts.steps_per_level < 1:
-            raise MolgenError("sample options step_size must be positive and steps_per_level at least 1")
-        return opts
-
-    def sample(
-        self,
-        n: int,
-        *,
-        cond: Targets | None = None,
-        n_atoms: int | Sequence[int] | Tensor | None = None,
-        composition: str | None = None,
-        mala: bool | str | None = None,
-        step_size: float | str | None = None,
-        steps_per_level: int | str | None = None,
-        denoise: bool | str | None = None,
-        **kwargs: Any,
-    ) -> list[Molecule3D]:
-        """Annealed Langevin sampling (see the module docstring); the point-cloud keywords
-        (``steps, guidance, seed, batch_size, progress``) plus the EBM's ``composition`` (``joint`` |
-        ``product``), ``mala``, ``step_size``, ``steps_per_level`` and ``denoise`` (default: ``family:``)."""
-        allowed = set(inspect.signature(PointCloudGenerator.sample).parameters) - {"self", "n"}
-        unknown = sorted(set(kwargs) - allowed)
-        if unknown:
-            options = ", ".join(sorted((allowed - {"cond", "n_atoms"}) | set(SamplerOptions.__dataclass_fields__)))
-            raise MolgenError(f"unknown sample option '{unknown[0]}' for ebm (options: {options})")
-        self._opts = self.sampler_options(composition=composition, mala=mala, step_size=step_size,
-                                          steps_per_level=steps_per_level, denoise=denoise)
-        try:
-            return super().sample(n, cond=cond, n_atoms=n_atoms, **kwargs)
-        finally:
-            self._opts = None
-
     def sampling_schedule(self, steps: int, steps_per_level: int, step_size: float) -> tuple[list[float], list[float]]:
         """Noise level and Langevin step size of each of ``steps`` steps."""
         fc = self.fc
@@ -306,25 +245,26 @@ class EnergyBasedModel(PointCloudGenerator):
         sigmas = [ladder[i] for i in level_of_step(steps, levels)]
         return sigmas, [step_size * s**2 / fc.sigma_min**2 for s in sigmas]
 
-    def _sample_chunk(self, counts, y, y_mask, steps, guidance, gen, progress) -> tuple[Tensor, Tensor]:
+    def sample_state(self, chunk: SampleChunk, opts: EBMSampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
         """Annealed Langevin dynamics from ``sigma_max * N(0, I)`` (zero-CoM positions) to ``sigma_min``."""
-        opts = self._opts or self.sampler_options()
+        counts, y, y_mask, steps, guidance = chunk.counts, chunk.y, chunk.y_mask, opts.steps, opts.guidance
         fc = self.fc
         B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
+        batch_index, zx, zh = self.prior(counts, gen)
         N = zx.shape[0]
         state = (zx * fc.sigma_max, zh * fc.sigma_max)
         sigmas, step_sizes = self.sampling_schedule(steps, opts.steps_per_level, opts.step_size)
 
         def energy_grad(st: tuple[Tensor, ...], sigma: float) -> tuple[Tensor, tuple[Tensor, ...]]:
             sig = torch.full((B,), sigma, device=st[0].device, dtype=st[0].dtype)
-            return self.energy_and_grad(st[0], st[1], sig, idx, B, y, y_mask, guidance, opts.composition)
+            return self.energy_and_grad(st[0], st[1], sig, batch_index, B, y, y_mask, guidance, opts.composition)
 
         result = annealed_langevin(
-            energy_grad, state, sigmas, step_sizes, idx, B,
+            energy_grad, state, sigmas, step_sizes, batch_index, B,
             noise=lambda: (self.randn((N, 3), gen), self.randn((N, self.feat_dim), gen)),
             uniform=lambda: torch.rand(B, generator=gen),
-            project=lambda st: (remove_mean(st[0], idx, B),) + tuple(st[1:]),
+            project=lambda st: (remove_mean(st[0], batch_index, B),) + tuple(st[1:]),
             mala=opts.mala,
             iterator=self.steps_iter(steps, progress, desc="Langevin"),
         )
@@ -334,4 +274,4 @@ class EnergyBasedModel(PointCloudGenerator):
             s2 = fc.sigma_min**2
             _, (gx, gh) = energy_grad((x, h), fc.sigma_min)
             x, h = x - s2 * gx, h - s2 * gh
-        return remove_mean(x, idx, B), h
+        return remove_mean(x, batch_index, B), h

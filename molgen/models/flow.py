@@ -70,8 +70,9 @@ from torch import Tensor, nn
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
+from molgen.models.base import SampleChunk, register
+from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
-from molgen.models.registry import register
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import ode
@@ -102,7 +103,7 @@ class UniformDequantizer(nn.Module):
         super().__init__()
         self.num_types = num_types
 
-    def forward(self, types: Tensor, batch: Tensor, num_graphs: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def forward(self, types: Tensor, batch_index: Tensor, num_graphs: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """types ``[N]`` -> ``(v [N, T], log q [B])``."""
         onehot = nn.functional.one_hot(types, self.num_types).to(dtype)
         u = torch.rand(onehot.shape, device=onehot.device, dtype=dtype)
@@ -122,7 +123,7 @@ class ArgmaxDequantizer(nn.Module):
         self.mu = nn.Parameter(torch.eye(num_types))
         self.log_sigma = nn.Parameter(torch.full((num_types, num_types), math.log(0.5)))
 
-    def forward(self, types: Tensor, batch: Tensor, num_graphs: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def forward(self, types: Tensor, batch_index: Tensor, num_graphs: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """types ``[N]`` -> ``(v [N, T], log q [B])``."""
         mu, log_sigma = self.mu[types].to(dtype), self.log_sigma[types].to(dtype)  # [N, T]
         eps = torch.randn_like(mu)
@@ -132,7 +133,7 @@ class ArgmaxDequantizer(nn.Module):
         v = onehot * u + (1 - onehot) * (u_c - nn.functional.softplus(u_c - u))
         log_normal = -0.5 * eps ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
         log_det = (1 - onehot) * nn.functional.logsigmoid(u_c - u)  # dv_i/du_i = sigmoid(u_c - u_i)
-        return v, scatter_sum((log_normal - log_det).sum(-1), batch, num_graphs)
+        return v, scatter_sum((log_normal - log_det).sum(-1), batch_index, num_graphs)
 
 
 DEQUANTIZERS: dict[str, type[nn.Module]] = {"argmax": ArgmaxDequantizer, "uniform": UniformDequantizer}
@@ -161,12 +162,13 @@ class EquivariantFlow(PointCloudGenerator):
         self.dequantizer = DEQUANTIZERS[self.fc.dequantization](self.num_types)
 
     # ------------------------------------------------------------------ pieces
-    def velocity(self, batch: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0):
+    def velocity(self, batch_index: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0,
+                 composition: str = "joint"):
         """The ODE field ``(t, (x, h)) -> (v_x, v_h)`` of one batch, for :mod:`molgen.sampling.ode`."""
 
         def field(t: float, z: ode.State) -> ode.State:
             tt = torch.full((num_graphs,), t, device=z[0].device, dtype=z[0].dtype)
-            return self.guided(self.net, z[0], z[1], tt, batch, num_graphs, y, y_mask, guidance)
+            return self.guided(self.net, z[0], z[1], tt, batch_index, num_graphs, y, y_mask, guidance, composition)
 
         return field
 
@@ -175,12 +177,12 @@ class EquivariantFlow(PointCloudGenerator):
 
         The last term is what the ELBO subtracts from ``log p_flow(x, h)``.
         """
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x = self.positions(batch)
         dtype = x.dtype
-        v, log_q = self.dequantizer(batch.atom_types, idx, B, dtype)
+        v, log_q = self.dequantizer(batch.atom_types, batch_index, B, dtype)
         parts = [v * self.fc.type_scale]
-        n_atoms = torch.bincount(idx, minlength=B).to(dtype)
+        n_atoms = torch.bincount(batch_index, minlength=B).to(dtype)
         log_scale = self.num_types * math.log(self.fc.type_scale)
         if self.fc.include_charges:
             u = torch.rand(batch.charges.shape, device=x.device, dtype=dtype)
@@ -191,14 +193,14 @@ class EquivariantFlow(PointCloudGenerator):
     # ------------------------------------------------------------------ protocol
     def loss(self, batch: Any) -> dict[str, Tensor]:
         """Negative ELBO (without log p(N)) per degree of freedom, + optional RNODE regularizers."""
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x, h, deq = self.dequantize(batch)
         y, y_mask = self.labels(batch, train=True)
-        n_atoms = torch.bincount(idx, minlength=B)
+        n_atoms = torch.bincount(batch_index, minlength=B)
         dims_x, dims_h = self.dims(n_atoms)
         # Gaussian Hutchinson probe, fixed for the solve; rotates with the molecule (invariant estimate)
-        probe = (remove_mean(torch.randn_like(x), idx, B), torch.randn_like(h))
-        terms = ode.cnf_log_likelihood(self.velocity(idx, B, y, y_mask), (x, h), idx, B, (dims_x, dims_h),
+        probe = (remove_mean(torch.randn_like(x), batch_index, B), torch.randn_like(h))
+        terms = ode.cnf_log_likelihood(self.velocity(batch_index, B, y, y_mask), (x, h), batch_index, B, (dims_x, dims_h),
                                        t_data=0.0, t_prior=1.0, steps=self.fc.train_solver_steps,
                                        method=self.fc.solver, exact=False, noise=probe)
         dof = dims_x + dims_h
@@ -225,22 +227,23 @@ class EquivariantFlow(PointCloudGenerator):
         docstring). Positions are densities in Å on the zero-CoM subspace.
         """
         steps = self.fc.likelihood_steps or self.fc.train_solver_steps
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x, h, deq = self.dequantize(batch)
         y, y_mask = self.labels(batch, train=False)
-        n_atoms = torch.bincount(idx, minlength=B)
-        log_p = ode.log_likelihood(self.velocity(idx, B, y, y_mask), (x, h), idx, B, self.dims(n_atoms),
+        n_atoms = torch.bincount(batch_index, minlength=B)
+        log_p = ode.log_likelihood(self.velocity(batch_index, B, y, y_mask), (x, h), batch_index, B, self.dims(n_atoms),
                                    t_data=0.0, t_prior=1.0, steps=steps, method=self.fc.solver,
                                    exact=self.fc.exact_trace, seed=0)
         return (log_p - deq).detach() + self.stats.log_prob_n_atoms(n_atoms).to(log_p.dtype)
 
-    def _sample_chunk(self, counts, y, y_mask, steps, guidance, gen, progress) -> tuple[Tensor, Tensor]:
-        """Prior at t = 1, ``steps`` fixed solver steps back to t = 0 (classifier-free guided velocity)."""
-        B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
-        field = self.velocity(idx, B, y, y_mask, guidance)
+    def sample_state(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
+        """Prior at t = 1, ``opts.steps`` fixed solver steps back to t = 0 (guided velocity)."""
+        B, steps = chunk.counts.numel(), opts.steps
+        batch_index, zx, zh = self.prior(chunk.counts, gen)
+        field = self.velocity(batch_index, B, chunk.y, chunk.y_mask, opts.guidance, opts.composition)
         x, h = ode.odeint(field, (zx, zh), 1.0, 0.0, steps, self.fc.solver, progress=progress)
-        return remove_mean(x, idx, B), h
+        return remove_mean(x, batch_index, B), h
 
 
 def zero_velocity_heads(net: DynamicsNetwork) -> None:

@@ -55,8 +55,9 @@ from torch import Tensor
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
+from molgen.models.base import SampleChunk, register
+from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
-from molgen.models.registry import register
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import ode
@@ -101,42 +102,43 @@ class EquivariantFlowMatching(PointCloudGenerator):
     # ------------------------------------------------------------------ path
     def coupling(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Data ``(x1, h1)`` and the prior sample aligned to it ``(x0, h0)``, all ``[N, .]``."""
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x1, h1 = self.positions(batch), self.features(batch)
-        x0 = remove_mean(torch.randn_like(x1), idx, B)
+        x0 = remove_mean(torch.randn_like(x1), batch_index, B)
         h0 = torch.randn_like(h1)
         if self.fc.align_rotation or self.fc.align_permutation:
-            perm, rot = align_prior(x0, x1, idx, B, rotation=self.fc.align_rotation,
+            perm, rot = align_prior(x0, x1, batch_index, B, rotation=self.fc.align_rotation,
                                     permutation=self.fc.align_permutation, iters=self.fc.align_iters)
-            x0, h0 = apply_alignment(x0, perm, rot, idx), h0[perm]
+            x0, h0 = apply_alignment(x0, perm, rot, batch_index), h0[perm]
         return x0, h0, x1, h1
 
     # ------------------------------------------------------------------ protocol
     def loss(self, batch: Any) -> dict[str, Tensor]:
         """Conditional flow matching: ``|v(z_t, t) - (z1 - z0)|^2`` per coordinate, ``t ~ U[0, 1]``."""
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x0, h0, x1, h1 = self.coupling(batch)
         t = torch.rand(B, device=x1.device, dtype=x1.dtype)
-        tn = t[idx][:, None]
+        tn = t[batch_index][:, None]
         xt, ht = (1 - tn) * x0 + tn * x1, (1 - tn) * h0 + tn * h1
         y, y_mask = self.labels(batch, train=True)
-        vx, vh = self.net(xt, ht, t, idx, B, y, y_mask)
-        err_x = scatter_sum(((vx - (x1 - x0)) ** 2).sum(-1), idx, B)
-        err_h = scatter_sum(((vh - (h1 - h0)) ** 2).sum(-1), idx, B)
-        n_atoms = torch.bincount(idx, minlength=B).to(err_x.dtype)
+        vx, vh = self.net(xt, ht, t, batch_index, B, y, y_mask)
+        err_x = scatter_sum(((vx - (x1 - x0)) ** 2).sum(-1), batch_index, B)
+        err_h = scatter_sum(((vh - (h1 - h0)) ** 2).sum(-1), batch_index, B)
+        n_atoms = torch.bincount(batch_index, minlength=B).to(err_x.dtype)
         return {
             "loss": ((err_x + err_h) / (n_atoms * (3 + self.feat_dim))).mean(),
             "loss_x": (err_x / (n_atoms * 3)).mean().detach(),
             "loss_h": (err_h / (n_atoms * self.feat_dim)).mean().detach(),
         }
 
-    def velocity(self, idx: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0) -> ode.Field:
+    def velocity(self, batch_index: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0,
+                 composition: str = "joint") -> ode.Field:
         """The learned field as an ODE right-hand side ``(t, (x, h)) -> (vx, vh)``."""
 
         def field(t: float, z: ode.State) -> ode.State:
             x, h = z
             tb = torch.full((num_graphs,), float(t), device=x.device, dtype=x.dtype)
-            vx, vh = self.guided(self.net, x, h, tb, idx, num_graphs, y, y_mask, guidance)
+            vx, vh = self.guided(self.net, x, h, tb, batch_index, num_graphs, y, y_mask, guidance, composition)
             return vx.to(x.dtype), vh.to(h.dtype)
 
         return field
@@ -150,25 +152,26 @@ class EquivariantFlowMatching(PointCloudGenerator):
             steps: solver steps (default ``family.likelihood_steps``).
             seed: seed of Hutchinson's probe noise (``None``: the global torch generator).
         """
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         exact = self.fc.likelihood_trace == "exact" if exact is None else exact
         x, h = self.positions(batch), self.features(batch)
         y, y_mask = self.labels(batch, train=False)
-        n_atoms = torch.bincount(idx, minlength=B)
+        n_atoms = torch.bincount(batch_index, minlength=B)
         ll = ode.log_likelihood(
-            self.velocity(idx, B, y, y_mask), (x, h), idx, B, list(self.dims(n_atoms)),
+            self.velocity(batch_index, B, y, y_mask), (x, h), batch_index, B, list(self.dims(n_atoms)),
             t_data=1.0, t_prior=0.0, steps=steps or self.fc.likelihood_steps, method=self.fc.solver,
             exact=exact, seed=seed,
         )
         return ll + self.stats.log_prob_n_atoms(n_atoms).to(ll.dtype)
 
-    def _sample_chunk(self, counts, y, y_mask, steps, guidance, gen, progress) -> tuple[Tensor, Tensor]:
-        """Integrate the learned field from the prior (t = 0) to the data (t = 1)."""
-        B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
-        field = self.velocity(idx, B, y, y_mask, guidance)
+    def sample_state(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
+        """Integrate the learned field from the prior (t = 0) to the data (t = 1) in ``opts.steps`` steps."""
+        B, steps = chunk.counts.numel(), opts.steps
+        batch_index, zx, zh = self.prior(chunk.counts, gen)
+        field = self.velocity(batch_index, B, chunk.y, chunk.y_mask, opts.guidance, opts.composition)
         z: ode.State = (zx, zh)
         for i in self.steps_iter(steps, progress):  # i = steps - 1, ..., 0
             z = ode.ode_step(field, (steps - 1 - i) / steps, z, 1.0 / steps, self.fc.solver)
         x, h = z
-        return remove_mean(x, idx, B), h
+        return remove_mean(x, batch_index, B), h

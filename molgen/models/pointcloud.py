@@ -1,18 +1,23 @@
-"""What every point-cloud family shares: the molecule as continuous ``(x, h)``, labels, sampling glue.
+"""What every point-cloud family shares: the molecule as continuous ``(x, h)``, its decoding, guidance.
 
 The 3D families (``diffusion``, ``score``, ``flow-matching``, ``flow``, ``ebm``) all see a molecule
 as positions ``x [N, 3]`` in the zero centre-of-mass subspace and invariant per-atom features
 ``h [N, K]`` = one-hot atom type x ``type_scale`` (+ formal charge x ``charge_scale``). This module
-holds that encoding and its decoding, label dropout for classifier-free guidance, the guidance
-combination and the chunked, seeded ``sample`` loop; a family only writes its objective and its
-``_sample_chunk`` (from atom counts and labels to final ``(x, h)``).
+holds that encoding and its decoding, the prior draw and the guided evaluation of a field; the
+seeded, chunked ``sample`` loop is :meth:`molgen.models.base.Generator.sample`. A family writes its
+objective and :meth:`PointCloudGenerator.sample_state` (from a chunk's atom counts and labels to
+final ``(x, h)``).
+
+Shape names: ``batch_index [N]`` maps each atom to its molecule (PyG's ``batch.batch``),
+``num_graphs`` is B.
 """
 
 from __future__ import annotations
 
 import sys
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,27 +26,67 @@ from torch import Tensor, nn
 from molgen.chem.elements import ELEMENTS, Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
-from molgen.errors import MolgenError
-from molgen.models.base import Generator, Targets
+from molgen.models.base import Generator, SampleChunk
+from molgen.models.conditioning import ConditioningConfig
+from molgen.models.options import SampleOptions
 from molgen.nn.graph import remove_mean
+from molgen.sampling.guidance import guidance_experts, stack_experts
 
 
 @dataclass
-class PointCloudConfig:
-    """Options every point-cloud family has (YAML section ``family:``)."""
+class AtomFeatureConfig:
+    """How atoms become continuous invariant features ``h`` (families that embed 3D molecules)."""
 
-    sampling_steps: int = 1000
     type_scale: float = 0.25
     charge_scale: float = 0.1
     include_charges: bool = True
-    cond_drop_prob: float = 0.1  # classifier-free guidance: drop all labels
-    prop_drop_prob: float = 0.1  # condition on any subset: drop single labels
-    guidance: float = 0.0
+
+
+@dataclass
+class PointCloudConfig(ConditioningConfig, AtomFeatureConfig):
+    """Options every point-cloud family has (YAML section ``family:``)."""
+
+    sampling_steps: int = 1000
     sample_batch_size: int = 500
 
 
-#: ``field(zx, zh, t, batch, num_graphs, y, y_mask) -> (vector [N, 3], features [N, K])``
+#: ``field(zx, zh, t, batch_index, num_graphs, y, y_mask) -> (vector [N, 3], features [N, K])``
 Field = Callable[..., tuple[Tensor, Tensor]]
+
+
+def atom_features(batch: Any, cfg: AtomFeatureConfig, num_types: int = len(ELEMENTS)) -> Tensor:
+    """``h [N, K]``: one-hot atom types x ``type_scale`` (+ formal charge x ``charge_scale``)."""
+    dtype = batch.pos.dtype
+    onehot = nn.functional.one_hot(batch.atom_types, num_types).to(dtype) * cfg.type_scale
+    if not cfg.include_charges:
+        return onehot
+    return torch.cat([onehot, batch.charges.to(dtype)[:, None] * cfg.charge_scale], dim=-1)
+
+
+def feature_dim(cfg: AtomFeatureConfig, num_types: int = len(ELEMENTS)) -> int:
+    """K, the width of :func:`atom_features`."""
+    return num_types + (1 if cfg.include_charges else 0)
+
+
+def guided(field: Field, zx: Tensor, zh: Tensor, t: Tensor, batch_index: Tensor, num_graphs: int,
+           y: Tensor, y_mask: Tensor, guidance: float = 0.0, composition: str = "joint") -> tuple[Tensor, Tensor]:
+    """``field`` under classifier-free guidance / product-of-experts composition, in one batched call.
+
+    The label sets and their coefficients are :func:`molgen.sampling.guidance.guidance_experts`'
+    (``joint``: ``(1 + w) f(y) - w f(no labels)``; ``product``: one expert per given property); the
+    K sets run as one batch of ``K * B`` molecules and the outputs are ``sum_k c_k f_k``. Unguided,
+    it is one plain call of ``field``.
+    """
+    experts = guidance_experts(y, y_mask, guidance, composition)
+    if len(experts) == 1 and bool((experts[0][2] == 1).all()):
+        return field(zx, zh, t, batch_index, num_graphs, experts[0][0], experts[0][1])
+    K, N = len(experts), zx.shape[0]
+    index_k, y_k, mask_k, coef = stack_experts(experts, batch_index, num_graphs)
+    fx, fh = field(zx.repeat(K, 1), zh.repeat(K, 1), t.repeat(K), index_k, K * num_graphs, y_k, mask_k)
+    coef = coef[:, batch_index, None]  # [K, N, 1]
+    out_x = (coef.to(fx.dtype) * fx.view(K, N, -1)).sum(0)
+    out_h = (coef.to(fh.dtype) * fh.view(K, N, -1)).sum(0)
+    return out_x, out_h
 
 
 class PointCloudGenerator(Generator):
@@ -49,18 +94,13 @@ class PointCloudGenerator(Generator):
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
-        self.fc = cfg.family
         self.num_types = len(ELEMENTS)
-        self.feat_dim = self.num_types + (1 if self.fc.include_charges else 0)
+        self.feat_dim = feature_dim(self.fc, self.num_types)
 
     # ------------------------------------------------------------------ encoding
     def features(self, batch: Any) -> Tensor:
         """``h [N, K]``: scaled one-hot atom types (+ scaled formal charge)."""
-        dtype = batch.pos.dtype
-        onehot = nn.functional.one_hot(batch.atom_types, self.num_types).to(dtype) * self.fc.type_scale
-        if not self.fc.include_charges:
-            return onehot
-        return torch.cat([onehot, batch.charges.to(dtype)[:, None] * self.fc.charge_scale], dim=-1)
+        return atom_features(batch, self.fc, self.num_types)
 
     def positions(self, batch: Any) -> Tensor:
         """``x [N, 3]`` with zero centre of mass per molecule."""
@@ -71,34 +111,7 @@ class PointCloudGenerator(Generator):
         n = n_atoms.float()
         return (n - 1) * 3, n * self.feat_dim
 
-    def labels(self, batch: Any, train: bool) -> tuple[Tensor, Tensor]:
-        """Normalized labels and mask ``[B, P]``; in training, whole sets and single labels are dropped."""
-        B = batch.num_graphs
-        P = len(self.properties)
-        if P == 0:
-            z = torch.zeros(B, 0, device=batch.pos.device)
-            return z, z
-        y, mask = batch.y.view(B, P), batch.y_mask.view(B, P).float()
-        if train:
-            keep_prop = (torch.rand(B, P, device=y.device) >= self.fc.prop_drop_prob).float()
-            keep_all = (torch.rand(B, 1, device=y.device) >= self.fc.cond_drop_prob).float()
-            mask = mask * keep_prop * keep_all
-        return y * mask, mask
-
-    @staticmethod
-    def guided(field: Field, zx: Tensor, zh: Tensor, t: Tensor, batch: Tensor, num_graphs: int,
-               y: Tensor, y_mask: Tensor, guidance: float = 0.0) -> tuple[Tensor, Tensor]:
-        """``field`` with classifier-free guidance: ``(1 + w) f(y) - w f(no labels)`` in one batched call."""
-        if guidance == 0.0 or y.shape[1] == 0:
-            return field(zx, zh, t, batch, num_graphs, y, y_mask)
-        n_nodes = zx.shape[0]
-        fx, fh = field(
-            torch.cat([zx, zx]), torch.cat([zh, zh]), torch.cat([t, t]),
-            torch.cat([batch, batch + num_graphs]), 2 * num_graphs,
-            torch.cat([y, torch.zeros_like(y)]), torch.cat([y_mask, torch.zeros_like(y_mask)]),
-        )
-        w = guidance
-        return (1 + w) * fx[:n_nodes] - w * fx[n_nodes:], (1 + w) * fh[:n_nodes] - w * fh[n_nodes:]
+    guided = staticmethod(guided)
 
     def decode(self, x: Tensor, h: Tensor, counts: Tensor) -> list[Molecule3D]:
         """Continuous ``(x, h)`` -> molecules: argmax atom type, rounded formal charge."""
@@ -112,18 +125,14 @@ class PointCloudGenerator(Generator):
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
 
-    # ------------------------------------------------------------------ sampling glue
-    def randn(self, shape: tuple[int, ...], gen: torch.Generator | None) -> Tensor:
-        """Standard normal noise drawn on the CPU generator (seeded runs match across devices)."""
-        return torch.randn(shape, generator=gen).to(self.device)
-
+    # ------------------------------------------------------------------ sampling
     def prior(self, counts: Tensor, gen: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(batch index [N], zx [N, 3] zero-CoM normal, zh [N, K] normal)`` for atom counts ``[B]``."""
+        """``(batch_index [N], zx [N, 3] zero-CoM normal, zh [N, K] normal)`` for atom counts ``[B]``."""
         B = counts.numel()
-        idx = torch.repeat_interleave(torch.arange(B), counts.cpu()).to(self.device)
+        batch_index = torch.repeat_interleave(torch.arange(B), counts.cpu()).to(self.device)
         N = int(counts.sum())
-        zx = remove_mean(self.randn((N, 3), gen), idx, B)
-        return idx, zx, self.randn((N, self.feat_dim), gen)
+        zx = remove_mean(self.randn((N, 3), gen), batch_index, B)
+        return batch_index, zx, self.randn((N, self.feat_dim), gen)
 
     @staticmethod
     def steps_iter(steps: int, progress: bool, desc: str = "sampling"):
@@ -136,49 +145,12 @@ class PointCloudGenerator(Generator):
                             mininterval=0.5 if sys.stderr.isatty() else 30.0)
         return iterator
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        *,
-        cond: Targets | None = None,
-        n_atoms: int | Sequence[int] | Tensor | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> list[Molecule3D]:
-        """``n`` molecules with ``steps`` solver steps (default ``family.sampling_steps``), in chunks."""
-        steps = steps or self.fc.sampling_steps
-        if steps < 1:
-            raise MolgenError("--steps must be at least 1")
-        guidance = self.fc.guidance if guidance is None else guidance
-        cpu_gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        counts = self.resolve_n_atoms(n, n_atoms, cpu_gen)
-        y_all, mask_all = self.resolve_cond(n, cond)
-        bs = batch_size or self.fc.sample_batch_size
-        mols: list[Molecule3D] = []
-        for start in range(0, n, bs):
-            sl = slice(start, min(n, start + bs))
-            c = counts[sl]
-            x, h = self._sample_chunk(c, y_all[sl], mask_all[sl], steps, guidance, cpu_gen, progress)
-            mols.extend(self.decode(x, h, c))
-        annotate_targets(mols, cond)
-        return mols
+    def sample_chunk(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> list[Molecule3D]:
+        x, h = self.sample_state(chunk, opts, gen, progress)
+        return self.decode(x, h, chunk.counts)
 
-    def _sample_chunk(self, counts: Tensor, y: Tensor, y_mask: Tensor, steps: int, guidance: float,
-                      gen: torch.Generator | None, progress: bool) -> tuple[Tensor, Tensor]:
-        """Final ``(x [N, 3], h [N, K])`` for one chunk of molecules with atom counts ``counts``."""
-        raise NotImplementedError
-
-
-def annotate_targets(mols: list[Molecule3D], cond: Targets | None) -> None:
-    """Record the requested targets (user units) as ``target_<prop>`` on each molecule."""
-    if not cond:
-        return
-    n = len(mols)
-    for key, value in cond.items():
-        values = np.broadcast_to(np.asarray(value, dtype=float).ravel(), (n,))
-        for m, v in zip(mols, values):
-            m.properties[f"target_{key}"] = float(v)
+    @abstractmethod
+    def sample_state(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
+        """Final ``(x [N, 3], h [N, K])`` of one chunk (atom counts ``chunk.counts``, ``opts.steps`` steps)."""

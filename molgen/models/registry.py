@@ -1,25 +1,14 @@
-"""Registry of generative families: ``--model`` names -> Generator classes."""
+"""Registry of generative families: ``--model`` names -> Generator classes.
+
+A family module registers its class with :func:`molgen.models.base.register`; this module imports
+the built-in family modules (one line each in :func:`_load_builtin`) and looks names up. The
+families import only the base, never this module, so there is no import loop.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
-
 from molgen.errors import MolgenError
-from molgen.models.base import Generator
-
-FAMILIES: dict[str, type[Generator]] = {}
-G = TypeVar("G", bound=type[Generator])
-
-
-def register(name: str) -> Callable[[G], G]:
-    """Class decorator: make a family available as ``--model name``."""
-
-    def deco(cls: G) -> G:
-        cls.name = name
-        FAMILIES[name] = cls
-        return cls
-
-    return deco
+from molgen.models.base import FAMILIES, Generator
 
 
 def _load_builtin() -> None:

@@ -56,9 +56,9 @@ sampler=ode``):
   (``family.solver``: ``euler``, ``heun`` or ``rk4``), then one Tweedie denoising step at
   ``sigma_min``. Deterministic given the prior draw; 50-200 Heun steps are typical.
 
-``sample`` takes the base class's keywords (``cond, n_atoms, steps, guidance, seed, batch_size,
-progress``; all apply) plus ``sampler``, ``snr``, ``corrector_steps`` and ``solver`` (defaults from
-the config; ``snr`` and ``corrector_steps`` only affect ``pc``, ``solver`` only ``ode``).
+``sample`` takes the protocol's keywords and :class:`ScoreSampleOptions`: ``steps``, ``guidance``,
+``composition`` (``joint`` | ``product``) plus ``sampler``, ``snr``, ``corrector_steps`` and ``solver``
+(defaults from the config; ``snr`` and ``corrector_steps`` only affect ``pc``, ``solver`` only ``ode``).
 
 **Likelihood.** ``log_likelihood`` integrates the probability-flow ODE from the data at ``t = 0`` to
 the prior at ``t = 1`` with :func:`molgen.sampling.ode.log_likelihood` (instantaneous change of
@@ -84,18 +84,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from molgen.chem.elements import Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
-from molgen.models.base import Targets
+from molgen.models.base import SampleChunk, register
+from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
-from molgen.models.registry import register
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import ode
@@ -120,13 +119,22 @@ class ScoreConfig(PointCloudConfig):
 
 
 @dataclass(frozen=True)
-class SamplerOptions:
-    """The sampler of one ``sample`` call (config defaults with the call's overrides)."""
+class ScoreSampleOptions(SampleOptions):
+    """``score``'s sampler options (defaults: the ``family:`` keys of the same names)."""
 
-    sampler: str
-    snr: float
-    corrector_steps: int
-    solver: str
+    sampler: str = "pc"
+    snr: float = 0.16
+    corrector_steps: int = 1
+    solver: str = "heun"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sampler not in SAMPLERS:
+            raise MolgenError(f"unknown sampler '{self.sampler}' (choose from: {', '.join(SAMPLERS)})")
+        if self.solver not in ode.METHODS:
+            raise MolgenError(f"unknown ODE solver '{self.solver}' (choose from: {', '.join(ode.METHODS)})")
+        if self.snr < 0 or self.corrector_steps < 0:
+            raise MolgenError("snr and corrector_steps must be non-negative")
 
 
 @register("score")
@@ -139,6 +147,7 @@ class ScoreModel(PointCloudGenerator):
     """
 
     config_cls = ScoreConfig
+    options_cls = ScoreSampleOptions
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
@@ -152,8 +161,7 @@ class ScoreModel(PointCloudGenerator):
         if fc.likelihood_trace not in TRACES:
             raise MolgenError(
                 f"unknown family.likelihood_trace '{fc.likelihood_trace}' (choose from: {', '.join(TRACES)})")
-        self.default_opts = self.sampler_options()  # validates sampler, snr, corrector_steps, solver
-        self._opts: SamplerOptions | None = None
+        self.sample_options()  # validates the config's sampler, snr, corrector_steps, solver
         self.log_ratio = math.log(fc.sigma_max / fc.sigma_min)
         self.net = DynamicsNetwork(self.feat_dim, len(stats.properties), cfg.backbone)
 
@@ -162,25 +170,25 @@ class ScoreModel(PointCloudGenerator):
         """``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` for ``t [B]`` in [0, 1]."""
         return self.fc.sigma_min * torch.exp(t * self.log_ratio)
 
-    def eps(self, zx: Tensor, zh: Tensor, t: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
+    def eps(self, zx: Tensor, zh: Tensor, t: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
             y_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Predicted noise ``(eps_x [N, 3] mean-free, eps_h [N, K])`` of the noisy state at times ``t [B]``.
 
         The network sees the VP-scaled state ``z / sqrt(1 + sigma^2)`` (see the module docstring).
         """
-        c_in = torch.rsqrt(1 + self.sigma(t) ** 2)[batch][:, None]
-        ex, eh = self.net(zx * c_in, zh * c_in, t, batch, num_graphs, y, y_mask)
+        c_in = torch.rsqrt(1 + self.sigma(t) ** 2)[batch_index][:, None]
+        ex, eh = self.net(zx * c_in, zh * c_in, t, batch_index, num_graphs, y, y_mask)
         return ex.to(zx.dtype), eh.to(zh.dtype)
 
-    def score(self, zx: Tensor, zh: Tensor, t: Tensor, batch: Tensor, num_graphs: int, y: Tensor,
-              y_mask: Tensor, guidance: float = 0.0) -> tuple[Tensor, Tensor]:
+    def score(self, zx: Tensor, zh: Tensor, t: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor,
+              y_mask: Tensor, guidance: float = 0.0, composition: str = "joint") -> tuple[Tensor, Tensor]:
         """The (guided) score ``-eps_hat / sigma(t)`` of the noisy state, ``([N, 3], [N, K])``."""
-        ex, eh = self.guided(self.eps, zx, zh, t, batch, num_graphs, y, y_mask, guidance)
-        inv = (1.0 / self.sigma(t))[batch][:, None]
+        ex, eh = self.guided(self.eps, zx, zh, t, batch_index, num_graphs, y, y_mask, guidance, composition)
+        inv = (1.0 / self.sigma(t))[batch_index][:, None]
         return -ex * inv, -eh * inv
 
-    def pf_ode(self, idx: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0,
-               scale: float = 1.0) -> ode.Field:
+    def pf_ode(self, batch_index: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor, guidance: float = 0.0,
+               scale: float = 1.0, composition: str = "joint") -> ode.Field:
         """The probability-flow ODE ``dz/dt = sigma(t) log(sigma_max / sigma_min) eps_hat(z, t)``.
 
         With ``scale`` ``c``, the same ODE in the coordinates ``w = z / c``.
@@ -189,7 +197,8 @@ class ScoreModel(PointCloudGenerator):
         def field(t: float, w: ode.State) -> ode.State:
             x, h = w
             tb = torch.full((num_graphs,), float(t), device=x.device, dtype=x.dtype)
-            ex, eh = self.guided(self.eps, x * scale, h * scale, tb, idx, num_graphs, y, y_mask, guidance)
+            ex, eh = self.guided(self.eps, x * scale, h * scale, tb, batch_index, num_graphs, y, y_mask, guidance,
+                                 composition)
             rate = float(self.sigma(torch.tensor(float(t), dtype=torch.float64))) * self.log_ratio / scale
             return rate * ex, rate * eh
 
@@ -202,25 +211,25 @@ class ScoreModel(PointCloudGenerator):
 
         ``eps_x`` ``[N, 3]`` must be mean-free per molecule; ``t`` ``[B]``.
         """
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x, h = self.positions(batch), self.features(batch)
-        s = self.sigma(t)[idx][:, None]
+        s = self.sigma(t)[batch_index][:, None]
         zx, zh = x + s * eps_x, h + s * eps_h
         y, y_mask = self.labels(batch, train)
-        ex, eh = self.eps(zx, zh, t, idx, B, y, y_mask)
-        err_x = scatter_sum(((ex - eps_x) ** 2).sum(-1), idx, B)
-        err_h = scatter_sum(((eh - eps_h) ** 2).sum(-1), idx, B)
+        ex, eh = self.eps(zx, zh, t, batch_index, B, y, y_mask)
+        err_x = scatter_sum(((ex - eps_x) ** 2).sum(-1), batch_index, B)
+        err_h = scatter_sum(((eh - eps_h) ** 2).sum(-1), batch_index, B)
         return err_x, err_h
 
     def loss(self, batch: Any) -> dict[str, Tensor]:
         """Denoising score matching, ``lambda(sigma) = sigma^2``, per coordinate, ``t ~ U[0, 1]``."""
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         x = self.positions(batch)
         t = torch.rand(B, device=x.device, dtype=x.dtype)
-        eps_x = remove_mean(torch.randn_like(x), idx, B)
+        eps_x = remove_mean(torch.randn_like(x), batch_index, B)
         eps_h = torch.randn(x.shape[0], self.feat_dim, device=x.device, dtype=x.dtype)
         err_x, err_h = self.dsm_error(batch, t, eps_x, eps_h, train=True)
-        n_atoms = torch.bincount(idx, minlength=B).to(err_x.dtype)
+        n_atoms = torch.bincount(batch_index, minlength=B).to(err_x.dtype)
         return {
             "loss": ((err_x + err_h) / (n_atoms * (3 + self.feat_dim))).mean(),
             "loss_x": (err_x / (n_atoms * 3)).mean().detach(),
@@ -236,9 +245,9 @@ class ScoreModel(PointCloudGenerator):
             steps: solver steps (default ``family.likelihood_steps``).
             seed: seed of Hutchinson's probe noise (``None``: the global torch generator).
         """
-        B, idx = batch.num_graphs, batch.batch
+        B, batch_index = batch.num_graphs, batch.batch
         exact = self.fc.likelihood_trace == "exact" if exact is None else exact
-        n_atoms = torch.bincount(idx, minlength=B)
+        n_atoms = torch.bincount(batch_index, minlength=B)
         dims_x, dims_h = self.dims(n_atoms)
         c = self.fc.sigma_max
         with torch.autocast(device_type=batch.pos.device.type, enabled=False):
@@ -247,7 +256,7 @@ class ScoreModel(PointCloudGenerator):
             y, y_mask = self.labels(batch, train=False)
             y, y_mask = y.to(x.dtype), y_mask.to(x.dtype)
             ll_w = ode.log_likelihood(
-                self.pf_ode(idx, B, y, y_mask, scale=c), (x / c, h / c), idx, B, [dims_x, dims_h],
+                self.pf_ode(batch_index, B, y, y_mask, scale=c), (x / c, h / c), batch_index, B, [dims_x, dims_h],
                 t_data=0.0, t_prior=1.0, steps=steps or self.fc.likelihood_steps, method=self.fc.likelihood_solver,
                 exact=exact, seed=seed,
             )
@@ -255,66 +264,23 @@ class ScoreModel(PointCloudGenerator):
         return ll_w + log_jac + self.stats.log_prob_n_atoms(n_atoms).to(ll_w.dtype)
 
     # ------------------------------------------------------------------ sampling
-    def sampler_options(self, sampler: str | None = None, snr: float | None = None,
-                        corrector_steps: int | None = None, solver: str | None = None) -> SamplerOptions:
-        """The config's sampler options with the given overrides, validated."""
-        fc = self.fc
-        opts = SamplerOptions(
-            sampler=fc.sampler if sampler is None else str(sampler),
-            snr=fc.snr if snr is None else float(snr),
-            corrector_steps=fc.corrector_steps if corrector_steps is None else int(corrector_steps),
-            solver=fc.solver if solver is None else str(solver),
-        )
-        if opts.sampler not in SAMPLERS:
-            raise MolgenError(f"unknown sampler '{opts.sampler}' (choose from: {', '.join(SAMPLERS)})")
-        if opts.solver not in ode.METHODS:
-            raise MolgenError(f"unknown ODE solver '{opts.solver}' (choose from: {', '.join(ode.METHODS)})")
-        if opts.snr < 0 or opts.corrector_steps < 0:
-            raise MolgenError("snr and corrector_steps must be non-negative")
-        return opts
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        *,
-        cond: Targets | None = None,
-        n_atoms: int | Sequence[int] | Tensor | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-        sampler: str | None = None,
-        snr: float | None = None,
-        corrector_steps: int | None = None,
-        solver: str | None = None,
-    ) -> list[Molecule3D]:
-        """``n`` molecules by the ``pc`` or ``ode`` sampler (module docstring); ``None``: the config's."""
-        opts = self.sampler_options(sampler, snr, corrector_steps, solver)
-        self._opts = opts  # read by _sample_chunk, which the base class's loop calls
-        try:
-            return super().sample(n, cond=cond, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
-                                  batch_size=batch_size, progress=progress)
-        finally:
-            self._opts = None
-
-    def _sample_chunk(self, counts, y, y_mask, steps, guidance, gen, progress) -> tuple[Tensor, Tensor]:
-        opts = self._opts or self.default_opts
+    def sample_state(self, chunk: SampleChunk, opts: ScoreSampleOptions, gen: torch.Generator,
+                     progress: bool) -> tuple[Tensor, Tensor]:
+        """``opts.sampler``: predictor-corrector (``pc``) or the probability-flow ODE (``ode``)."""
         if opts.sampler == "ode":
-            return self._sample_ode(counts, y, y_mask, steps, guidance, gen, progress, opts)
-        return self._sample_pc(counts, y, y_mask, steps, guidance, gen, progress, opts)
+            return self._sample_ode(chunk, opts, gen, progress)
+        return self._sample_pc(chunk, opts, gen, progress)
 
-    def _noise(self, idx: Tensor, B: int, N: int, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        return remove_mean(self.randn((N, 3), gen), idx, B), self.randn((N, self.feat_dim), gen)
+    def _noise(self, batch_index: Tensor, B: int, N: int, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return remove_mean(self.randn((N, 3), gen), batch_index, B), self.randn((N, self.feat_dim), gen)
 
-    def _sample_pc(self, counts: Tensor, y: Tensor, y_mask: Tensor, steps: int, guidance: float,
-                   gen: torch.Generator | None, progress: bool, opts: SamplerOptions) -> tuple[Tensor, Tensor]:
+    def _sample_pc(self, chunk: SampleChunk, opts: ScoreSampleOptions, gen: torch.Generator | None,
+                   progress: bool) -> tuple[Tensor, Tensor]:
         """Predictor-corrector: Langevin corrector, then the reverse-diffusion predictor, per level."""
-        device = self.device
-        B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
-        N = zx.shape[0]
+        y, y_mask, steps, guide = chunk.y, chunk.y_mask, opts.steps, opts.guide
+        B = chunk.counts.numel()
+        batch_index, zx, zh = self.prior(chunk.counts, gen)
+        N, device = zx.shape[0], zx.device
         zx, zh = zx * self.fc.sigma_max, zh * self.fc.sigma_max
         times = torch.linspace(1.0, 0.0, steps) if steps > 1 else torch.ones(1)
         sigmas = self.sigma(times.double()).tolist() + [0.0]  # the last predictor step goes to sigma = 0
@@ -323,8 +289,8 @@ class ScoreModel(PointCloudGenerator):
             t = torch.full((B,), float(times[k]), device=device)
             sig, sig_next = sigmas[k], sigmas[k + 1]
             for _ in range(opts.corrector_steps):
-                sx, sh = self.score(zx, zh, t, idx, B, y, y_mask, guidance)
-                nx, nh = self._noise(idx, B, N, gen)
+                sx, sh = self.score(zx, zh, t, batch_index, B, y, y_mask, **guide)
+                nx, nh = self._noise(batch_index, B, N, gen)
                 # Song et al.'s step 2 (snr |xi| / |s|)^2 with the norms pooled over the chunk (they
                 # average them over the batch): per-molecule norms of a few dozen coordinates
                 # fluctuate so much that the step correlates with the state (+15% variance on a Gaussian)
@@ -333,24 +299,27 @@ class ScoreModel(PointCloudGenerator):
                 step = 2 * opts.snr ** 2 * noise_sq / grad_sq.clamp(min=1e-30)
                 zx = zx + step * sx + (2 * step).sqrt() * nx
                 zh = zh + step * sh + (2 * step).sqrt() * nh
-            sx, sh = self.score(zx, zh, t, idx, B, y, y_mask, guidance)
+            sx, sh = self.score(zx, zh, t, batch_index, B, y, y_mask, **guide)
             var = sig ** 2 - sig_next ** 2  # reverse-diffusion predictor of the discretized VE-SDE
             zx, zh = zx + var * sx, zh + var * sh
             if sig_next > 0:  # the last step returns the noise-free mean
-                nx, nh = self._noise(idx, B, N, gen)
+                nx, nh = self._noise(batch_index, B, N, gen)
                 zx, zh = zx + math.sqrt(var) * nx, zh + math.sqrt(var) * nh
-            zx = remove_mean(zx, idx, B)  # keep the zero-CoM subspace against round-off
+            zx = remove_mean(zx, batch_index, B)  # keep the zero-CoM subspace against round-off
         return zx, zh
 
-    def _sample_ode(self, counts: Tensor, y: Tensor, y_mask: Tensor, steps: int, guidance: float,
-                    gen: torch.Generator | None, progress: bool, opts: SamplerOptions) -> tuple[Tensor, Tensor]:
+    def _sample_ode(self, chunk: SampleChunk, opts: ScoreSampleOptions, gen: torch.Generator | None,
+                    progress: bool) -> tuple[Tensor, Tensor]:
         """The probability-flow ODE from the prior (t = 1) to t = 0, then Tweedie's denoising step."""
+        counts, y, y_mask, steps = chunk.counts, chunk.y, chunk.y_mask, opts.steps
+        guidance, composition = opts.guidance, opts.composition
         B = counts.numel()
-        idx, zx, zh = self.prior(counts, gen)
+        batch_index, zx, zh = self.prior(counts, gen)
         c = self.fc.sigma_max
-        zx, zh = ode.odeint(self.pf_ode(idx, B, y, y_mask, guidance), (zx * c, zh * c), 1.0, 0.0, steps,
+        zx, zh = ode.odeint(self.pf_ode(batch_index, B, y, y_mask, guidance, composition=composition), (zx * c, zh * c),
+                            1.0, 0.0, steps,
                             opts.solver, progress=progress)
         t0 = torch.zeros(B, device=zx.device)
-        ex, eh = self.guided(self.eps, zx, zh, t0, idx, B, y, y_mask, guidance)
+        ex, eh = self.guided(self.eps, zx, zh, t0, batch_index, B, y, y_mask, guidance, composition)
         s0 = self.fc.sigma_min
-        return remove_mean(zx - s0 * ex, idx, B), zh - s0 * eh
+        return remove_mean(zx - s0 * ex, batch_index, B), zh - s0 * eh

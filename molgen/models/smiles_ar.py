@@ -65,33 +65,31 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.utils import to_dense_batch
 
-from molgen.chem.conformer import embed_conformer
 from molgen.chem.elements import ELEMENT_INDEX, ELEMENTS, Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
-from molgen.models.base import Generator, Targets
-from molgen.models.pointcloud import annotate_targets
-from molgen.models.registry import register
-from molgen.models.smiles_tokenizer import Vocabulary, explicit_h_smiles, parse_atoms, tokenize
+from molgen.models.base import Generator, SampleChunk, register
+from molgen.models.conditioning import ConditioningConfig
+from molgen.models.options import SampleOptions
+from molgen.models.smiles_chem import (VOCAB, Scaffold, contains_substructure, scaffold_from_smiles,
+                                       smiles_to_molecule, training_record)
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.nn.conditioning import ConditionEncoder
 from molgen.nn.transformer import DecoderBlock
-from molgen.sampling.guidance import check_composition, guidance_experts
+from molgen.sampling.guidance import guidance_experts
 from molgen.sampling.token_filters import top_k_filter, top_p_filter
 
 
 @dataclass
-class SmilesARConfig:
+class SmilesARConfig(ConditioningConfig):
     """Family options of ``smiles-ar`` (YAML section ``family:``)."""
 
     d_model: int = 256
@@ -100,137 +98,34 @@ class SmilesARConfig:
     ff_mult: int = 4
     dropout: float = 0.1
     max_len: int = 96  # tokens per string, end token included (QM9's longest explicit-H SMILES: 65)
-    cond_drop_prob: float = 0.1  # classifier-free guidance: drop all labels
-    prop_drop_prob: float = 0.1  # condition on any subset: drop single labels
     scaffold_prob: float = 0.5  # training: use the molecule's Murcko scaffold as memory
-    guidance: float = 0.0
-    composition: str = "joint"  # joint | product: how several targets combine (molgen.sampling.guidance)
     sample_batch_size: int = 500
 
-    def __post_init__(self) -> None:
-        check_composition(self.composition)
 
+@dataclass(frozen=True)
+class SmilesSampleOptions(SampleOptions):
+    """``smiles-ar``'s sampler options (``steps`` is ignored: a string takes as many steps as tokens).
 
-@dataclass
-class Scaffold:
-    """Heavy atoms of a scaffold / fragment in 3D: ``types [m]``, ``charges [m]``, ``pos [m, 3]`` (Å)."""
-
-    types: Tensor
-    charges: Tensor
-    pos: Tensor
-
-
-# ---------------------------------------------------------------------------------- RDKit helpers
-
-
-@lru_cache(maxsize=400_000)
-def _training_record(smiles: str) -> tuple[bytes, tuple[int, ...], tuple[int, ...]] | None:
-    """``(token ids, heavy element sequence, scaffold heavy-atom indices)`` of a source SMILES, or None.
-
-    Token ids use :meth:`Vocabulary.default` (fewer than 256 tokens, kept as ``bytes``: the cache
-    holds every training molecule); the scaffold indices are positions among the heavy atoms in
-    SMILES order (empty: no ring, no scaffold).
+    Args:
+        temperature: divides the constrained logits (> 0; ``top_k=1`` is greedy decoding).
+        top_k: keep the k most likely tokens (``None``: all).
+        top_p: nucleus sampling, the smallest set of tokens with mass >= p, in (0, 1] (``None``: all).
+        scaffold: a scaffold / fragment SMILES for every molecule, or one per molecule.
     """
-    from rdkit import Chem
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-    from rdkit.rdBase import BlockLogs
 
-    text = explicit_h_smiles(smiles)
-    if text is None:
-        return None
-    _block = BlockLogs()  # noqa: F841
-    mol = Chem.MolFromSmiles(smiles)
-    heavy = tuple(ELEMENT_INDEX.get(a.GetSymbol(), -1) for a in mol.GetAtoms())
-    scaf: tuple[int, ...] = ()
-    core = MurckoScaffold.GetScaffoldForMol(mol)
-    if core.GetNumAtoms():
-        scaf = tuple(mol.GetSubstructMatch(core))
-    return bytes(_VOCAB.encode(text)), heavy, scaf
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    scaffold: str | list[str] | None = None
 
-
-def scaffold_from_smiles(smiles: str, seed: int = 0) -> Scaffold:
-    """A user scaffold / fragment SMILES -> its heavy atoms with ETKDG coordinates.
-
-    Raises:
-        MolgenError: unparsable SMILES, elements outside H C N O F, no heavy atom, failed embedding.
-    """
-    from rdkit import Chem
-    from rdkit.rdBase import BlockLogs
-
-    _block = BlockLogs()  # noqa: F841
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise MolgenError(f"--scaffold '{smiles}' is not a valid SMILES")
-    bad = sorted({a.GetSymbol() for a in mol.GetAtoms()} - set(ELEMENTS))
-    if bad:
-        raise MolgenError(f"--scaffold '{smiles}' has atoms outside {', '.join(ELEMENTS)}: {', '.join(bad)}")
-    mh = Chem.AddHs(mol)
-    pos = embed_conformer(mh, seed)
-    if pos is None:
-        raise MolgenError(f"RDKit could not embed --scaffold '{smiles}' in 3D")
-    heavy = [a.GetIdx() for a in mh.GetAtoms() if a.GetSymbol() != "H"]
-    if not heavy:
-        raise MolgenError(f"--scaffold '{smiles}' has no heavy atom")
-    atoms = [mh.GetAtomWithIdx(i) for i in heavy]
-    return Scaffold(
-        types=torch.tensor([ELEMENT_INDEX[a.GetSymbol()] for a in atoms]),
-        charges=torch.tensor([a.GetFormalCharge() for a in atoms]),
-        pos=torch.from_numpy(pos[heavy]).float(),
-    )
-
-
-def smiles_to_molecule(smiles: str, seed: int) -> Molecule3D:
-    """A generated explicit-H string -> :class:`Molecule3D` (see the module docstring)."""
-    from rdkit import Chem
-    from rdkit.rdBase import BlockLogs
-
-    types, charges = parse_atoms(tokenize(smiles))
-    n = len(types)
-    invalid = Molecule3D(atom_types=np.asarray(types, dtype=np.int64), positions=np.full((n, 3), np.nan),
-                         charges=np.asarray(charges, dtype=np.int64), smiles=smiles)
-    _block = BlockLogs()  # noqa: F841
-    params = Chem.SmilesParserParams()
-    params.removeHs = False
-    mol = Chem.MolFromSmiles(smiles, params) if n else None
-    if mol is None or mol.GetNumAtoms() != n:
-        return invalid
-    kek = Chem.Mol(mol)
-    try:
-        Chem.Kekulize(kek, clearAromaticFlags=True)
-    except Exception:  # noqa: BLE001 — RDKit accepted it, so this is not expected; count it invalid
-        return invalid
-    bonds = np.zeros((n, n), dtype=np.int64)
-    for b in kek.GetBonds():
-        i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
-        order = int(round(b.GetBondTypeAsDouble()))
-        if order not in (1, 2, 3):
-            return invalid
-        bonds[i, j] = bonds[j, i] = order
-    pos = embed_conformer(Chem.AddHs(mol), seed)  # implicit H RDKit adds are appended after the n atoms
-    return Molecule3D(
-        atom_types=np.asarray([ELEMENT_INDEX[a.GetSymbol()] for a in mol.GetAtoms()], dtype=np.int64),
-        positions=np.full((n, 3), np.nan) if pos is None else pos[:n],
-        charges=np.asarray([a.GetFormalCharge() for a in mol.GetAtoms()], dtype=np.int64),
-        bonds=bonds,
-        smiles=smiles,
-    )
-
-
-def _contains(mol: Molecule3D, query: Any) -> bool:
-    from rdkit import Chem
-    from rdkit.rdBase import BlockLogs
-
-    if mol.bonds is None:
-        return False
-    _block = BlockLogs()  # noqa: F841
-    params = Chem.SmilesParserParams()
-    params.removeHs = False
-    m = Chem.MolFromSmiles(mol.smiles, params)
-    return m is not None and m.HasSubstructMatch(query)
-
-
-_VOCAB = Vocabulary.default()
-assert len(_VOCAB) < 256  # token ids fit in bytes (see _training_record)
+    def validate(self) -> None:
+        super().validate()
+        if not self.temperature > 0:
+            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
+        if self.top_k is not None and self.top_k < 1:
+            raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise MolgenError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 # ---------------------------------------------------------------------------------- the family
@@ -246,13 +141,14 @@ class SmilesAR(Generator):
     """
 
     config_cls = SmilesARConfig
+    options_cls = SmilesSampleOptions
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
-        fc = self.fc = cfg.family
+        fc = self.fc
         if fc.max_len < stats.max_atoms + 1:
             raise MolgenError(f"family.max_len ({fc.max_len}) must exceed the largest atom count ({stats.max_atoms})")
-        self.vocab = _VOCAB
+        self.vocab = VOCAB
         d, V = fc.d_model, len(self.vocab)
         self.num_types = len(ELEMENTS)
         self.cond = ConditionEncoder(len(stats.properties), cfg.backbone.cond_dim, use_time=False)
@@ -350,30 +246,17 @@ class SmilesAR(Generator):
         return allowed & ((slots > 1) | eos)  # the last slot ends the string
 
     # ------------------------------------------------------------------ data -> tokens
-    def _labels(self, batch: Any, train: bool) -> tuple[Tensor, Tensor]:
-        """As :meth:`molgen.models.pointcloud.PointCloudGenerator.labels`: masked labels, dropped in training."""
-        B, P = batch.num_graphs, len(self.properties)
-        if P == 0:
-            z = torch.zeros(B, 0, device=batch.pos.device, dtype=batch.pos.dtype)
-            return z, z
-        y, mask = batch.y.view(B, P), batch.y_mask.view(B, P).to(batch.y.dtype)
-        if train:
-            keep_prop = (torch.rand(B, P, device=y.device) >= self.fc.prop_drop_prob).to(y.dtype)
-            keep_all = (torch.rand(B, 1, device=y.device) >= self.fc.cond_drop_prob).to(y.dtype)
-            mask = mask * keep_prop * keep_all
-        return y * mask, mask
-
     def encode_batch(self, batch: Any) -> dict[str, Any]:
         """Token tensors of a graph batch (its ``smiles`` list).
 
         Returns:
             ``inputs [B, T]`` (``<bos>`` + tokens), ``targets [B, T]`` (tokens + ``<eos>``, ``<pad>``
             after), ``n_atoms [B]`` (atom tokens), ``ok [B]`` (encodable and within ``max_len``),
-            ``chars [B]`` (string length + 1) and ``records`` (see :func:`_training_record`).
+            ``chars [B]`` (string length + 1) and ``records`` (see :func:`~molgen.models.smiles_chem.training_record`).
         """
         v, L = self.vocab, self.fc.max_len
         smiles = batch.smiles if isinstance(batch.smiles, (list, tuple)) else [batch.smiles]
-        records = [_training_record(s) for s in smiles]
+        records = [training_record(s) for s in smiles]
         seqs, ok, chars = [], [], []
         for rec in records:
             good = rec is not None and len(rec[0]) + 1 <= L and v.unk not in rec[0]
@@ -414,7 +297,7 @@ class SmilesAR(Generator):
     def token_log_probs(self, batch: Any, train: bool) -> tuple[Tensor, dict[str, Any]]:
         """Constrained log-probability of each target token ``[B, T]`` (0 at padding), and the encoding."""
         enc = self.encode_batch(batch)
-        y, y_mask = self._labels(batch, train)
+        y, y_mask = self.labels(batch, train)
         B = batch.num_graphs
         if train:
             use = torch.rand(B, device=batch.pos.device) < self.fc.scaffold_prob
@@ -474,55 +357,26 @@ class SmilesAR(Generator):
         return float(-out["log_prob"].sum() / (math.log(2.0) * out["chars"].sum()))
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        *,
-        cond: Targets | None = None,
-        n_atoms: int | Sequence[int] | Tensor | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        scaffold: str | Sequence[str] | None = None,
-        composition: str | None = None,
-    ) -> list[Molecule3D]:
-        """``n`` molecules with exactly the requested atom counts (``steps`` is ignored).
+    def prepare_sampling(self, n: int, opts: SmilesSampleOptions, gen: torch.Generator,
+                         seed: int | None) -> dict[str, Any]:
+        """The scaffold memory of each molecule (embedded once per distinct SMILES) and its query."""
+        scaffolds, queries = self._sampling_scaffolds(n, opts.scaffold, 0 if seed is None else seed)
+        return {"scaffolds": scaffolds} if queries is None else {"scaffolds": scaffolds, "queries": queries}
 
-        ``composition`` (default ``family.composition``): ``joint`` conditions on all targets at once;
-        ``product`` multiplies single-property next-token distributions (product of experts, see
-        :mod:`molgen.sampling.guidance`), each guided with ``guidance``.
-        """
-        composition = check_composition(str(composition or self.fc.composition))
-        temperature = float(temperature)
-        if not temperature > 0:
-            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
-        top_k = None if top_k is None else int(top_k)
-        top_p = None if top_p is None else float(top_p)
-        guidance = self.fc.guidance if guidance is None else float(guidance)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator().manual_seed(
-            int(torch.randint(0, 2**62, (1,))))
-        counts = self.resolve_n_atoms(n, n_atoms, gen)
-        y_all, mask_all = self.resolve_cond(n, cond)
-        scaffolds, queries = self._sampling_scaffolds(n, scaffold, 0 if seed is None else seed)
-        bs = batch_size or self.fc.sample_batch_size
-        ids: list[list[int]] = []
-        for start in range(0, n, bs):
-            sl = slice(start, min(n, start + bs))
-            experts = guidance_experts(y_all[sl].to(self.device), mask_all[sl].to(self.device), guidance,
-                                       composition)
-            ids.extend(self._decode(counts[sl], experts, scaffolds[sl], temperature, top_k, top_p, gen, progress))
-        rd_seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
-        mols = [smiles_to_molecule(self.vocab.decode(s), rd_seeds[i]) for i, s in enumerate(ids)]
-        annotate_targets(mols, cond)
-        if queries is not None:
-            for m, q in zip(mols, queries):
-                m.properties["scaffold_match"] = float(_contains(m, q))
+    def sample_chunk(self, chunk: SampleChunk, opts: SmilesSampleOptions, gen: torch.Generator,
+                     progress: bool) -> list[list[int]]:
+        """Token ids of one chunk; guidance / composition combine the experts' logits (module docstring)."""
+        experts = guidance_experts(chunk.y, chunk.y_mask, opts.guidance, opts.composition)
+        return self._decode(chunk.counts, experts, chunk.extras["scaffolds"], opts.temperature, opts.top_k,
+                            opts.top_p, gen, progress)
+
+    def finish_sampling(self, outputs: list[list[int]], extras: dict[str, Any], opts: SmilesSampleOptions,
+                        gen: torch.Generator) -> list[Molecule3D]:
+        """Strings -> molecules with exactly the requested atom counts (ETKDG seeds drawn after decoding)."""
+        rd_seeds = torch.randint(0, 2**31 - 1, (len(outputs),), generator=gen).tolist()
+        mols = [smiles_to_molecule(self.vocab.decode(s), rd_seeds[i]) for i, s in enumerate(outputs)]
+        for m, q in zip(mols, extras.get("queries") or ()):
+            m.properties["scaffold_match"] = float(contains_substructure(m, q))
         return mols
 
     def _sampling_scaffolds(self, n: int, scaffold: str | Sequence[str] | None,

@@ -42,44 +42,47 @@ point-cloud families (``cond_drop_prob``, ``prop_drop_prob``).
 
 Sampling draws ``z ~ p(z | y)`` and decodes each categorical by its most likely value (argmax).
 ``steps`` is ignored (one decoder pass). ``guidance`` w is classifier-free guidance on the
-decoder's logits, ``(1 + w) l(z, y) - w l(z, no labels)`` (0: none); the prior stays ``p(z | y)``.
-Latent evaluation: :func:`latent_probe_r2` and :func:`interpolate` below.
+decoder's logits, ``(1 + w) l(z, y) - w l(z, no labels)`` (0: none; ``composition=product``: one
+expert per property, :mod:`molgen.sampling.guidance`); the prior stays ``p(z | y)``.
+Latent evaluation: :mod:`molgen.models.vae_latent`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
 
 from molgen.chem.bonds import bond_order_matrix
-from molgen.chem.elements import Molecule3D
+from molgen.chem.elements import ELEMENTS, Molecule3D
 from molgen.chem.molgraph import MolGraph, canonical_graph, embed_graph
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
-from molgen.data.properties import get_property
 from molgen.errors import MolgenError
-from molgen.models.base import Targets
-from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator, annotate_targets
-from molgen.models.registry import register
+from molgen.models.base import Generator, SampleChunk, register
+from molgen.models.conditioning import ConditioningConfig
+from molgen.models.options import SampleOptions
+from molgen.models.pointcloud import AtomFeatureConfig, atom_features, feature_dim
+from molgen.nn.graph import remove_mean
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.nn.conditioning import ConditionEncoder
 from molgen.nn.graph_decoder import CHARGES, DecoderLogits, GraphDecoder
+from molgen.sampling.guidance import guidance_experts
 
 
 @dataclass
-class VAEConfig(PointCloudConfig):
+class VAEConfig(ConditioningConfig, AtomFeatureConfig):
     """Family options of ``vae`` (YAML section ``family:``).
 
-    The inherited ``type_scale`` / ``charge_scale`` scale the encoder's input features,
-    ``include_charges`` also decides whether charges are decoded; ``sampling_steps`` is unused.
+    ``type_scale`` / ``charge_scale`` scale the encoder's input features, ``include_charges`` also
+    decides whether charges are decoded.
     """
 
+    sample_batch_size: int = 500
     latent_dim: int = 64
     decoder_dim: int = 256
     decoder_layers: int = 4
@@ -132,7 +135,7 @@ def _masked_log_prob(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 @register("vae")
-class GraphVAE(PointCloudGenerator):
+class GraphVAE(Generator):
     """Conditional graph VAE (see the module docstring)."""
 
     config_cls = VAEConfig
@@ -140,6 +143,8 @@ class GraphVAE(PointCloudGenerator):
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
         fc, bcfg = self.fc, cfg.backbone
+        self.num_types = len(ELEMENTS)
+        self.feat_dim = feature_dim(fc, self.num_types)
         if fc.latent_dim < 1 or fc.elbo_samples < 1:
             raise MolgenError("family.latent_dim and family.elbo_samples must be at least 1")
         self.encoder = EquivariantBackbone(self.feat_dim, bcfg)
@@ -155,7 +160,8 @@ class GraphVAE(PointCloudGenerator):
     def encode(self, batch: Any) -> tuple[Tensor, Tensor]:
         """``q(z | G)``: mean and log-variance ``[B, latent_dim]`` from the backbone's graph embedding."""
         B = batch.num_graphs
-        out = self.encoder(self.features(batch), self.positions(batch), batch.batch, None, num_graphs=B)
+        pos = remove_mean(batch.pos, batch.batch, B)
+        out = self.encoder(atom_features(batch, self.fc, self.num_types), pos, batch.batch, None, num_graphs=B)
         mu, logvar = _full(self.to_latent(out.graph)).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 8.0)
 
@@ -272,26 +278,21 @@ class GraphVAE(PointCloudGenerator):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def decode_latents(self, z: Tensor, y: Tensor, y_mask: Tensor, counts: Tensor, guidance: float = 0.0,
-                       seeds: Sequence[int] | None = None, progress: bool = False) -> list[Molecule3D]:
+                       seeds: Sequence[int] | None = None, progress: bool = False,
+                       composition: str = "joint") -> list[Molecule3D]:
         """Decode latents ``[B, d]`` into molecules of ``counts`` atoms: argmax graphs, ETKDG coordinates.
 
         Args:
             z: latents; y, y_mask: normalized labels and mask ``[B, P]``; counts: ``[B]`` atom counts.
-            guidance: classifier-free guidance weight on the decoder logits (module docstring).
+            guidance, composition: classifier-free guidance / product of experts on the decoder
+                logits, ``sum_k c_k logits(z, y_k)`` (:mod:`molgen.sampling.guidance`).
             seeds: one ETKDG seed per molecule (``None``: RDKit's random seeds).
         """
         counts = counts.to(z.device)
-        c = self.cond(z.shape[0], None, y, y_mask)
-        logits = self.decoder(z, c, counts)
-        if guidance and y.shape[1]:
-            c_free = self.cond(z.shape[0], None, torch.zeros_like(y), torch.zeros_like(y_mask))
-            free = self.decoder(z, c_free, counts)
-
-            def mix(cond_logits: Tensor | None, free_logits: Tensor | None) -> Tensor | None:
-                return None if cond_logits is None else (1 + guidance) * cond_logits - guidance * free_logits
-
-            logits = DecoderLogits(mix(logits.types, free.types), mix(logits.charges, free.charges),
-                                   mix(logits.bonds, free.bonds), logits.mask)
+        logits = None
+        for y_k, mask_k, coef in guidance_experts(y, y_mask, guidance, composition):
+            out = self.decoder(z, self.cond(z.shape[0], None, y_k, mask_k), counts)
+            logits = scale_logits(out, coef) if logits is None else add_logits(logits, scale_logits(out, coef))
         types = logits.types.argmax(-1).cpu().numpy()
         charges = (np.asarray(CHARGES)[logits.charges.argmax(-1).cpu().numpy()] if logits.charges is not None
                    else np.zeros_like(types))
@@ -309,158 +310,31 @@ class GraphVAE(PointCloudGenerator):
             mols.append(embed_graph(types[b, :n], charges[b, :n], bonds[b, :n, :n], seed))
         return mols
 
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        *,
-        cond: Targets | None = None,
-        n_atoms: int | Sequence[int] | Tensor | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = False,
-    ) -> list[Molecule3D]:
-        """``n`` molecules: ``z ~ p(z | y)``, one decoder pass, argmax graph, ETKDG; ``steps`` is ignored."""
-        guidance = self.fc.guidance if guidance is None else guidance
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        counts = self.resolve_n_atoms(n, n_atoms, gen)
-        y_all, mask_all = self.resolve_cond(n, cond)
+    def prepare_sampling(self, n: int, opts: SampleOptions, gen: torch.Generator,
+                         seed: int | None) -> dict[str, Any]:
+        """The prior noise ``[n, d]`` and one ETKDG seed per molecule, drawn before the chunks."""
         eps = self.randn((n, self.fc.latent_dim), gen)
-        seeds = torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()
-        bs = batch_size or self.fc.sample_batch_size
-        mols: list[Molecule3D] = []
-        for start in range(0, n, bs):
-            sl = slice(start, min(n, start + bs))
-            _, mu_p, logvar_p = self.prior(y_all[sl], mask_all[sl])
-            z = mu_p + torch.exp(0.5 * logvar_p) * eps[sl]
-            mols.extend(self.decode_latents(z, y_all[sl], mask_all[sl], counts[sl], guidance, seeds[sl], progress))
-        annotate_targets(mols, cond)
-        return mols
+        return {"eps": eps, "seeds": torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()}
+
+    def sample_chunk(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                     progress: bool) -> list[Molecule3D]:
+        """``z ~ p(z | y)``, one decoder pass, argmax graph, ETKDG; ``opts.steps`` is ignored."""
+        _, mu_p, logvar_p = self.prior(chunk.y, chunk.y_mask)
+        z = mu_p + torch.exp(0.5 * logvar_p) * chunk.extras["eps"]
+        return self.decode_latents(z, chunk.y, chunk.y_mask, chunk.counts, opts.guidance, chunk.extras["seeds"],
+                                   progress, opts.composition)
 
 
-# ---------------------------------------------------------------------- latent evaluation
+def scale_logits(logits: DecoderLogits, coef: Tensor) -> DecoderLogits:
+    """Every categorical's logits times the per-molecule coefficients ``coef [B]``."""
+    def scale(t: Tensor | None) -> Tensor | None:
+        return None if t is None else coef.to(t.dtype).view(-1, *([1] * (t.dim() - 1))) * t
+
+    return DecoderLogits(scale(logits.types), scale(logits.charges), scale(logits.bonds), logits.mask)
 
 
-def _batches(data: Any, batch_size: int = 256) -> Iterable[Any]:
-    """A loader, an iterable of batches, one batch / graph, or a list of graphs -> batches."""
-    from torch_geometric.loader import DataLoader
+def add_logits(a: DecoderLogits, b: DecoderLogits) -> DecoderLogits:
+    def add(u: Tensor | None, v: Tensor | None) -> Tensor | None:
+        return None if u is None else u + v
 
-    if isinstance(data, Data):  # a Batch is a Data too
-        return [data if isinstance(data, Batch) else Batch.from_data_list([data])]
-    if isinstance(data, Sequence) and data and isinstance(data[0], Data) and not isinstance(data[0], Batch):
-        return DataLoader(list(data), batch_size=batch_size)
-    return data
-
-
-@torch.no_grad()
-def latent_means(model: GraphVAE, data: Any) -> tuple[Tensor, Tensor]:
-    """Posterior means ``[M, d]`` and the graphs' normalized labels ``y [M, P]`` (CPU), in data order."""
-    mus, ys = [], []
-    for batch in _batches(data):
-        batch = batch.to(model.device)
-        mus.append(model.encode(batch)[0].cpu())
-        P = len(model.properties)
-        ys.append(batch.y.view(batch.num_graphs, P).float().cpu() if P else torch.zeros(batch.num_graphs, 0))
-    return torch.cat(mus), torch.cat(ys)
-
-
-def linear_probe_r2(features: Tensor, targets: Tensor, *, seed: int = 0) -> Tensor:
-    """R² of a linear probe: least squares (with intercept) on a random half, R² on the other half.
-
-    Args:
-        features: ``[M, d]``; targets: ``[M, T]`` (or ``[M]``); seed: of the random split.
-
-    Returns:
-        ``[T]`` held-out ``1 - SS_res / SS_tot`` (1: exactly linear; <= 0: no better than the mean).
-    """
-    targets = targets.reshape(targets.shape[0], -1).double()
-    M = features.shape[0]
-    if M < 4:
-        raise MolgenError("a linear probe needs at least 4 molecules")
-    perm = torch.randperm(M, generator=torch.Generator().manual_seed(seed))
-    train, test = perm[: M // 2], perm[M // 2:]
-    X = torch.cat([features.double(), torch.ones(M, 1, dtype=torch.float64)], dim=1)
-    W = torch.linalg.lstsq(X[train], targets[train], driver="gelsd").solution
-    residual = targets[test] - X[test] @ W
-    total = targets[test] - targets[test].mean(0)
-    return 1.0 - residual.pow(2).sum(0) / total.pow(2).sum(0).clamp(min=1e-300)
-
-
-def latent_probe_r2(model: GraphVAE, data: Any, properties: Sequence[str] | Mapping[str, Any] | None = None,
-                    *, seed: int = 0) -> dict[str, float]:
-    """Linear-probe R² of each property from the latent mean (closed-form least squares, see
-    :func:`linear_probe_r2`).
-
-    Args:
-        model: a trained :class:`GraphVAE`.
-        data: a DataLoader / iterable of batches, a batch, or a list of graphs (``make_graphs``).
-        properties: names among the model's conditioning properties (read from the graphs' labels;
-            default all of them), or ``{name: values [M]}`` in data order for any other quantity.
-        seed: of the train / held-out split.
-    """
-    mu, labels = latent_means(model, data)
-    if properties is None:
-        properties = model.properties
-    if isinstance(properties, Mapping):
-        names = list(properties)
-        values = torch.stack([torch.as_tensor(np.asarray(v, dtype=np.float64)).flatten()
-                              for v in properties.values()], dim=1)
-    else:
-        names = [get_property(p).name for p in properties]
-        missing = [p for p in names if p not in model.properties]
-        if missing:
-            raise MolgenError(f"the graphs carry no labels for {', '.join(missing)}: pass {{name: values}} instead")
-        values = labels[:, [model.properties.index(p) for p in names]]
-    if not names:
-        return {}
-    if values.shape[0] != mu.shape[0]:
-        raise MolgenError(f"got {values.shape[0]} property values for {mu.shape[0]} molecules")
-    r2 = linear_probe_r2(mu, values, seed=seed)
-    return {name: float(v) for name, v in zip(names, r2)}
-
-
-def _as_graph(mol: Molecule3D | Data) -> Data:
-    if isinstance(mol, Data):
-        return Data(pos=mol.pos, atom_types=mol.atom_types, charges=mol.charges, num_nodes=mol.num_nodes)
-    n = mol.num_atoms
-    charges = np.zeros(n) if mol.charges is None else mol.charges
-    return Data(pos=torch.as_tensor(np.asarray(mol.positions), dtype=torch.float32),
-                atom_types=torch.as_tensor(np.asarray(mol.atom_types), dtype=torch.long),
-                charges=torch.as_tensor(np.asarray(charges), dtype=torch.long), num_nodes=n)
-
-
-@torch.no_grad()
-def interpolate(model: GraphVAE, mol_a: Molecule3D | Data, mol_b: Molecule3D | Data, steps: int = 8, *,
-                n_atoms: int | Sequence[int] | None = None, cond: Targets | None = None,
-                seed: int = 0) -> list[Molecule3D]:
-    """Decode ``steps`` points on the straight line between the latent means of two molecules.
-
-    Args:
-        model: a trained :class:`GraphVAE`.
-        mol_a, mol_b: 3D molecules with coordinates (``Molecule3D`` or a graph from ``make_graphs``).
-        steps: number of points, both ends included (>= 2).
-        n_atoms: atom count(s) of the decoded molecules; default the two molecules' counts
-            interpolated linearly and rounded.
-        cond: optional targets (user units) for the decoder and prior; default none.
-        seed: ETKDG seeds are ``seed, seed + 1, ...``.
-
-    Returns:
-        ``steps`` molecules, ``properties["interpolation_t"]`` in [0, 1].
-    """
-    if steps < 2:
-        raise MolgenError("interpolation needs at least 2 steps")
-    batch = Batch.from_data_list([_as_graph(mol_a), _as_graph(mol_b)]).to(model.device)
-    mu, _ = model.encode(batch)
-    t = torch.linspace(0.0, 1.0, steps, device=mu.device)
-    z = (1 - t)[:, None] * mu[0] + t[:, None] * mu[1]
-    if n_atoms is None:
-        na, nb = torch.bincount(batch.batch, minlength=2).float()
-        n_atoms = torch.round((1 - t) * na + t * nb).long().cpu()
-    counts = model.resolve_n_atoms(steps, n_atoms)
-    y, y_mask = model.resolve_cond(steps, cond)
-    mols = model.decode_latents(z, y, y_mask, counts, seeds=list(range(seed, seed + steps)))
-    for m, ti in zip(mols, t.tolist()):
-        m.properties["interpolation_t"] = ti
-    return mols
+    return DecoderLogits(add(a.types, b.types), add(a.charges, b.charges), add(a.bonds, b.bonds), a.mask)

@@ -156,7 +156,7 @@ class EquivariantBackbone(nn.Module):
         edge_attr_dim: width of optional invariant input edge attributes (e.g. noisy bond types).
 
     Shapes:
-        h: ``[N, node_in_dim]``; pos: ``[N, 3]``; batch: ``[N]``; cond: ``[B, cond_dim]`` or None;
+        h: ``[N, node_in_dim]``; pos: ``[N, 3]``; batch_index: ``[N]``; cond: ``[B, cond_dim]`` or None;
         edge_index: ``[2, E]`` or None (fully connected / radius graph); edge_attr: ``[E, edge_attr_dim]``.
     """
 
@@ -180,19 +180,19 @@ class EquivariantBackbone(nn.Module):
         self,
         h: Tensor,
         pos: Tensor,
-        batch: Tensor,
+        batch_index: Tensor,
         cond: Tensor | None = None,
         edge_index: Tensor | None = None,
         edge_attr: Tensor | None = None,
         num_graphs: int | None = None,
         edge_features: bool = False,
     ) -> BackboneOutput:
-        num_graphs = int(batch.max()) + 1 if num_graphs is None else num_graphs
+        num_graphs = int(batch_index.max()) + 1 if num_graphs is None else num_graphs
         if edge_index is None:
             edge_index = (
-                full_edge_index(batch, num_graphs)
+                full_edge_index(batch_index, num_graphs)
                 if self.cfg.radius is None
-                else radius_edge_index(pos, batch, self.cfg.radius)
+                else radius_edge_index(pos, batch_index, self.cfg.radius)
             )
         src, dst = edge_index
         rel = pos[dst] - pos[src]  # [E, 3]
@@ -204,7 +204,7 @@ class EquivariantBackbone(nn.Module):
                 raise ValueError("this backbone expects edge_attr")
             edge_in = torch.cat([edge_in, edge_attr], dim=-1)
         cond_node = (
-            cond[batch]
+            cond[batch_index]
             if cond is not None
             else torch.zeros(h.shape[0], self.cfg.cond_dim, device=h.device, dtype=h.dtype)
         )
@@ -216,7 +216,7 @@ class EquivariantBackbone(nn.Module):
         if edge_features:
             vv = (v[src] * v[dst]).sum(-1)  # [E, V] invariant, symmetric
             edges = self.edge_out(torch.cat([s[src] + s[dst], s[src] * s[dst], vv, edge_in], dim=-1))
-        graph = self.graph_out(scatter_mean(s, batch, num_graphs))
+        graph = self.graph_out(scatter_mean(s, batch_index, num_graphs))
         return BackboneOutput(scalars=s, vectors=v, edge_index=edge_index, edge_features=edges, graph=graph)
 
 

@@ -39,11 +39,11 @@ class DynamicsNetwork(nn.Module):
                                     nn.Linear(bcfg.scalar_dim, feat_dim))
 
     def forward(
-        self, zx: Tensor, zh: Tensor, t: Tensor, batch: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor
+        self, zx: Tensor, zh: Tensor, t: Tensor, batch_index: Tensor, num_graphs: int, y: Tensor, y_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         c = self.cond(num_graphs, t, y, y_mask)
-        out = self.backbone(zh, zx, batch, c, num_graphs=num_graphs)
+        out = self.backbone(zh, zx, batch_index, c, num_graphs=num_graphs)
         vx = fp32(self.head_x, out.vectors.reshape(out.vectors.shape[0], -1))
         if self.zero_mean:
-            vx = remove_mean(vx, batch, num_graphs)
+            vx = remove_mean(vx, batch_index, num_graphs)
         return vx, self.head_h(out.scalars).float()

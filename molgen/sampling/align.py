@@ -127,25 +127,25 @@ def align_molecule(p: np.ndarray, q: np.ndarray, *, rotation: bool = True, permu
 
 
 @torch.no_grad()
-def align_prior(x0: Tensor, x1: Tensor, batch: Tensor, num_graphs: int, *, rotation: bool = True,
+def align_prior(x0: Tensor, x1: Tensor, batch_index: Tensor, num_graphs: int, *, rotation: bool = True,
                 permutation: bool = True, iters: int = 3) -> tuple[Tensor, Tensor]:
     """Align each molecule's prior sample to its data molecule (see the module docstring).
 
     Args:
         x0: ``[N, 3]`` prior positions, zero centre of mass per molecule.
         x1: ``[N, 3]`` data positions, zero centre of mass per molecule.
-        batch: ``[N]`` sorted molecule index of every atom.
+        batch_index: ``[N]`` sorted molecule index of every atom.
 
     Returns:
         ``perm [N]`` (global atom indices) and ``rot [B, 3, 3]``: the aligned prior is
         ``x0[perm] @ rot[b].T`` atom by atom; any per-atom prior features are permuted by ``perm``.
     """
     device = x0.device
-    counts_t = torch.bincount(batch, minlength=num_graphs).cpu()
+    counts_t = torch.bincount(batch_index, minlength=num_graphs).cpu()
     counts = counts_t.numpy()
     n_max = int(counts.max()) if num_graphs else 0
     first = (torch.cumsum(counts_t, 0) - counts_t).numpy()
-    b = batch.cpu().numpy()
+    b = batch_index.cpu().numpy()
     slot = np.arange(len(b)) - first[b]  # atom index within its molecule
     p = np.zeros((num_graphs, n_max, 3))
     q = np.zeros((num_graphs, n_max, 3))
@@ -161,6 +161,6 @@ def align_prior(x0: Tensor, x1: Tensor, batch: Tensor, num_graphs: int, *, rotat
     return torch.from_numpy(perm).to(device), torch.from_numpy(rot).to(device=device, dtype=x0.dtype)
 
 
-def apply_alignment(x0: Tensor, perm: Tensor, rot: Tensor, batch: Tensor) -> Tensor:
+def apply_alignment(x0: Tensor, perm: Tensor, rot: Tensor, batch_index: Tensor) -> Tensor:
     """``[N, 3]`` aligned prior positions ``x0[perm]`` rotated by each molecule's ``rot[b]``."""
-    return torch.einsum("nij,nj->ni", rot[batch], x0[perm])
+    return torch.einsum("nij,nj->ni", rot[batch_index], x0[perm])

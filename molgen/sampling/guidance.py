@@ -21,6 +21,7 @@ prefix marginals factor the same way.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from molgen.errors import MolgenError
@@ -66,3 +67,23 @@ def guidance_experts(y: Tensor, y_mask: Tensor, guidance: float = 0.0,
         experts.append((y * mask, mask, (1 + w) * ones))
         experts.append((*none, -w * ones))
     return [e for e in experts if bool((e[2] != 0).any())]
+
+
+def stack_experts(experts: list[tuple[Tensor, Tensor, Tensor]], batch_index: Tensor,
+                  num_graphs: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The K label sets of :func:`guidance_experts` as one batch of ``K * B`` molecules.
+
+    Args:
+        experts: ``[(y_k [B, P], mask_k [B, P], coefficient_k [B])]``.
+        batch_index: ``[N]`` atom -> molecule of the B molecules.
+        num_graphs: B.
+
+    Returns:
+        ``batch_index [K * N]`` of the K copies (copy k holds molecules ``k B .. k B + B - 1``),
+        ``y [K * B, P]``, ``y_mask [K * B, P]`` and the coefficients ``[K, B]``; the caller repeats
+        its per-atom inputs K times (``x.repeat(K, 1)``) and combines ``sum_k c_k out_k``.
+    """
+    K, N = len(experts), batch_index.numel()
+    offsets = torch.repeat_interleave(torch.arange(K, device=batch_index.device) * num_graphs, N)
+    return (batch_index.repeat(K) + offsets, torch.cat([e[0] for e in experts]),
+            torch.cat([e[1] for e in experts]), torch.stack([e[2] for e in experts]))

@@ -1,7 +1,7 @@
 """Annealed Langevin dynamics over noise levels, optionally Metropolis-adjusted (MALA).
 
 Independent of any network: a sampler sees an ``energy_grad(state, sigma) -> (E [B], grads)``
-callable, where a state is a tuple of per-atom tensors (for a molecule batch ``(x [N, 3], h [N, K])``)
+callable, where a state is a tuple of per-atom tensors (for a batch of molecules ``(x [N, 3], h [N, K])``)
 and ``E`` is one energy per molecule, ``p_sigma(state) ∝ exp(-E)``.
 
 Annealed Langevin dynamics (Song & Ermon, "Generative Modeling by Estimating Gradients of the Data
@@ -53,20 +53,20 @@ def langevin_proposal(state: State, grads: State, step: float, noise: State) -> 
     return tuple(z - 0.5 * step * g + math.sqrt(step) * xi for z, g, xi in zip(state, grads, noise))
 
 
-def log_proposal(to: State, frm: State, grads_frm: State, step: float, batch: Tensor, num_graphs: int) -> Tensor:
+def log_proposal(to: State, frm: State, grads_frm: State, step: float, batch_index: Tensor, num_graphs: int) -> Tensor:
     """``log q(to | frm)`` per molecule ``[B]``, up to a constant that cancels in the MH ratio."""
     out = torch.zeros(num_graphs, dtype=to[0].dtype, device=to[0].device)
     for a, b, g in zip(to, frm, grads_frm):
         r = a - b + 0.5 * step * g
-        out = out + scatter_sum((r**2).sum(-1), batch, num_graphs)
+        out = out + scatter_sum((r**2).sum(-1), batch_index, num_graphs)
     return -out / (2.0 * step)
 
 
 def mala_log_accept(e_old: Tensor, e_new: Tensor, old: State, new: State, grads_old: State, grads_new: State,
-                    step: float, batch: Tensor, num_graphs: int) -> Tensor:
+                    step: float, batch_index: Tensor, num_graphs: int) -> Tensor:
     """Log acceptance probability ``min(0, -E(z') + E(z) + log q(z|z') - log q(z'|z))`` per molecule."""
-    log_ratio = (e_old - e_new) + log_proposal(old, new, grads_new, step, batch, num_graphs) \
-        - log_proposal(new, old, grads_old, step, batch, num_graphs)
+    log_ratio = (e_old - e_new) + log_proposal(old, new, grads_new, step, batch_index, num_graphs) \
+        - log_proposal(new, old, grads_old, step, batch_index, num_graphs)
     return log_ratio.clamp(max=0.0)
 
 
@@ -82,7 +82,7 @@ def annealed_langevin(
     state: State,
     sigmas: list[float],
     step_sizes: list[float],
-    batch: Tensor,
+    batch_index: Tensor,
     num_graphs: int,
     *,
     noise: Callable[[], State],
@@ -97,7 +97,7 @@ def annealed_langevin(
         energy_grad: energy per molecule and its gradient at a noise level.
         state: the initial state (already on the subspace ``project`` maps onto).
         sigmas, step_sizes: noise level and step size of every step (same length).
-        batch: ``[N]`` molecule index of every atom; ``num_graphs``: B.
+        batch_index: ``[N]`` molecule index of every atom; ``num_graphs``: B.
         noise: draws a standard normal tuple shaped like the state (projected here).
         uniform: draws ``[B]`` uniforms on [0, 1) (MALA's accept test).
         project: projection onto the state's subspace (zero centre of mass for positions).
@@ -119,10 +119,10 @@ def annealed_langevin(
             continue
         e_new, g_new = energy_grad(proposal, sigma)
         g_new = project(g_new)
-        log_a = mala_log_accept(e, e_new, state, proposal, g, g_new, step, batch, num_graphs)
+        log_a = mala_log_accept(e, e_new, state, proposal, g, g_new, step, batch_index, num_graphs)
         u = uniform().to(log_a.device)
         ok = torch.log(u) < log_a  # [B]
-        node_ok = ok[batch][:, None]
+        node_ok = ok[batch_index][:, None]
         state = tuple(torch.where(node_ok, p, z) for p, z in zip(proposal, state))
         g = tuple(torch.where(node_ok, a, b) for a, b in zip(g_new, g))
         cache = (sigma, torch.where(ok, e_new, e), g)

@@ -2,7 +2,7 @@
 
 Shared by ``flow`` (a continuous normalizing flow), ``flow-matching`` and ``score`` (its
 probability-flow ODE). A state is a tuple of tensors; a field maps ``(t, state)`` to the tuple of
-time derivatives. For a molecule batch the state is ``(x [N, 3], h [N, K])``.
+time derivatives. For a batch of molecules the state is ``(x [N, 3], h [N, K])``.
 
 Log-likelihood (Chen et al. 2018, Grathwohl et al. 2019): along ``dz/dt = v(z, t)``,
 ``d log p_t(z_t) / dt = -div v``, so for data at ``t_data`` and the prior at ``t_prior``::
@@ -69,7 +69,7 @@ def odeint(f: Field, z: State, t0: float, t1: float, steps: int, method: str = "
     return z
 
 
-def divergence(f_out: State, z: State, batch: Tensor, num_graphs: int, *, exact: bool,
+def divergence(f_out: State, z: State, batch_index: Tensor, num_graphs: int, *, exact: bool,
                noise: State | None = None, create_graph: bool = False) -> Tensor:
     """Per-molecule divergence ``[B]`` of ``f_out = f(z)`` with respect to ``z`` (both tuples of ``[N, d]``).
 
@@ -84,10 +84,10 @@ def divergence(f_out: State, z: State, batch: Tensor, num_graphs: int, *, exact:
             raise ValueError("Hutchinson's estimator needs noise")
         grads = torch.autograd.grad(f_out, z, grad_outputs=noise, create_graph=create_graph)
         per_node = sum((g * e).sum(-1) for g, e in zip(grads, noise))
-        return scatter_sum(per_node, batch, num_graphs)
-    counts = torch.bincount(batch, minlength=num_graphs)
+        return scatter_sum(per_node, batch_index, num_graphs)
+    counts = torch.bincount(batch_index, minlength=num_graphs)
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(batch.numel(), device=batch.device) - starts[batch]  # atom index within its molecule
+    slot = torch.arange(batch_index.numel(), device=batch_index.device) - starts[batch_index]  # atom index within its molecule
     total = torch.zeros(num_graphs, dtype=z[0].dtype, device=z[0].device)
     for k in range(int(counts.max())):
         rows = slot == k
@@ -97,20 +97,20 @@ def divergence(f_out: State, z: State, batch: Tensor, num_graphs: int, *, exact:
                 grad_out[part][rows, d] = 1.0
                 g = torch.autograd.grad(f_out, z, grad_outputs=grad_out, retain_graph=True,
                                         create_graph=create_graph)[part]
-                total = total + scatter_sum(torch.where(rows, g[:, d], torch.zeros_like(g[:, d])), batch, num_graphs)
+                total = total + scatter_sum(torch.where(rows, g[:, d], torch.zeros_like(g[:, d])), batch_index, num_graphs)
     return total
 
 
-def standard_normal_log_prob(z: State, batch: Tensor, num_graphs: int, dims: Sequence[Tensor]) -> Tensor:
+def standard_normal_log_prob(z: State, batch_index: Tensor, num_graphs: int, dims: Sequence[Tensor]) -> Tensor:
     """``log N(z; 0, I)`` per molecule, with ``dims[i]`` ``[B]`` degrees of freedom for part ``i``."""
     out = torch.zeros(num_graphs, dtype=z[0].dtype, device=z[0].device)
     for part, d in zip(z, dims):
-        sq = scatter_sum((part ** 2).sum(-1), batch, num_graphs)
+        sq = scatter_sum((part ** 2).sum(-1), batch_index, num_graphs)
         out = out - 0.5 * sq - 0.5 * d.to(out.dtype) * math.log(2 * math.pi)
     return out
 
 
-def log_likelihood(field: Callable[[float, State], State], z_data: State, batch: Tensor, num_graphs: int,
+def log_likelihood(field: Callable[[float, State], State], z_data: State, batch_index: Tensor, num_graphs: int,
                    dims: Sequence[Tensor], *, t_data: float, t_prior: float, steps: int,
                    method: str = "heun", exact: bool = True, seed: int | None = 0,
                    differentiable: bool = False, noise: State | None = None) -> Tensor:
@@ -131,7 +131,7 @@ def log_likelihood(field: Callable[[float, State], State], z_data: State, batch:
             ``differentiable=True``; default: Rademacher drawn from ``seed``.
     """
     if differentiable:
-        return cnf_log_likelihood(field, z_data, batch, num_graphs, dims, t_data=t_data, t_prior=t_prior,
+        return cnf_log_likelihood(field, z_data, batch_index, num_graphs, dims, t_data=t_data, t_prior=t_prior,
                                   steps=steps, method=method, exact=exact, noise=noise, seed=seed).log_prob
     if noise is not None:
         raise ValueError("an explicit Hutchinson probe needs differentiable=True")
@@ -142,19 +142,19 @@ def log_likelihood(field: Callable[[float, State], State], z_data: State, batch:
         # keep the position probe in the zero-CoM subspace, where the flow lives
         from molgen.nn.graph import remove_mean
 
-        noise = (remove_mean(noise[0], batch, num_graphs),) + noise[1:]
+        noise = (remove_mean(noise[0], batch_index, num_graphs),) + noise[1:]
 
     def augmented(t: float, state: State) -> State:
         z = tuple(s.detach().requires_grad_(True) for s in state[:-1])
         with torch.enable_grad():
             out = field(t, z)
-            div = divergence(out, z, batch, num_graphs, exact=exact, noise=noise)
+            div = divergence(out, z, batch_index, num_graphs, exact=exact, noise=noise)
         return tuple(o.detach() for o in out) + (div.detach(),)
 
     state = tuple(z_data) + (torch.zeros(num_graphs, dtype=z_data[0].dtype, device=z_data[0].device),)
     final = odeint(augmented, state, t_data, t_prior, steps, method)
     z_prior, integral = final[:-1], final[-1]
-    return standard_normal_log_prob(z_prior, batch, num_graphs, dims) + integral
+    return standard_normal_log_prob(z_prior, batch_index, num_graphs, dims) + integral
 
 
 class CNFTerms(NamedTuple):
@@ -165,7 +165,7 @@ class CNFTerms(NamedTuple):
     jacobian: Tensor  #: integral of ||eps^T J||^2 dt, Hutchinson estimate of ||J||_F^2 (0 if exact)
 
 
-def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, batch: Tensor, num_graphs: int,
+def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, batch_index: Tensor, num_graphs: int,
                        dims: Sequence[Tensor], *, t_data: float, t_prior: float, steps: int,
                        method: str = "heun", exact: bool = False, noise: State | None = None,
                        seed: int | None = 0) -> CNFTerms:
@@ -179,7 +179,7 @@ def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, ba
     Finlay et al., "How to train your neural ODE" (ICML 2020), as positive time integrals.
 
     Args:
-        field, z_data, batch, num_graphs, dims, t_data, t_prior, steps, method: as :func:`log_likelihood`.
+        field, z_data, batch_index, num_graphs, dims, t_data, t_prior, steps, method: as :func:`log_likelihood`.
         exact: exact Jacobian trace (``max_atoms x sum(d)`` double-backward products per evaluation);
             default Hutchinson.
         noise: the Hutchinson probe, fixed for the whole solve (FFJORD), same shapes as ``z_data``;
@@ -193,7 +193,7 @@ def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, ba
     if not exact and noise is None:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = tuple((torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in z_data)
-        noise = (remove_mean(noise[0], batch, num_graphs),) + noise[1:]
+        noise = (remove_mean(noise[0], batch_index, num_graphs),) + noise[1:]
     sign = 1.0 if t_prior >= t_data else -1.0  # the regularizers integrate |dt|
 
     def augmented(t: float, state: State) -> State:
@@ -201,13 +201,13 @@ def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, ba
             z = tuple(s if s.requires_grad else s.detach().requires_grad_(True) for s in state[:n_parts])
             out = field(t, z)
             if exact:
-                div = divergence(out, z, batch, num_graphs, exact=True, create_graph=keep_graph)
+                div = divergence(out, z, batch_index, num_graphs, exact=True, create_graph=keep_graph)
                 frob = torch.zeros_like(div)
             else:
                 grads = torch.autograd.grad(out, z, grad_outputs=noise, create_graph=keep_graph)
-                div = scatter_sum(sum((g * e).sum(-1) for g, e in zip(grads, noise)), batch, num_graphs)
-                frob = scatter_sum(sum((g ** 2).sum(-1) for g in grads), batch, num_graphs)
-            kinetic = scatter_sum(sum((o ** 2).sum(-1) for o in out), batch, num_graphs)
+                div = scatter_sum(sum((g * e).sum(-1) for g, e in zip(grads, noise)), batch_index, num_graphs)
+                frob = scatter_sum(sum((g ** 2).sum(-1) for g in grads), batch_index, num_graphs)
+            kinetic = scatter_sum(sum((o ** 2).sum(-1) for o in out), batch_index, num_graphs)
         res = tuple(out) + (div, sign * kinetic, sign * frob)
         return res if keep_graph else tuple(r.detach() for r in res)
 
@@ -215,5 +215,5 @@ def cnf_log_likelihood(field: Callable[[float, State], State], z_data: State, ba
     final = odeint(augmented, tuple(z_data) + (zeros, zeros, zeros), t_data, t_prior, steps, method)
     z_prior = final[:n_parts]
     integral, kinetic, frob = final[n_parts:]
-    log_prob = standard_normal_log_prob(z_prior, batch, num_graphs, dims) + integral
+    log_prob = standard_normal_log_prob(z_prior, batch_index, num_graphs, dims) + integral
     return CNFTerms(log_prob, kinetic, frob)
