@@ -137,8 +137,9 @@ def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps
 @click.option("--steps", type=int, help="Sampling steps (default: the model's).")
 @click.option("--nll-molecules", type=int, default=1000, show_default=True,
               help="Test molecules for the NLL estimate (0: skip).")
-@click.option("--protocol", type=click.Choice(["unconditional", "edm-conditional"]), default="unconditional",
-              show_default=True, help="edm-conditional: EDM's conditional MAE protocol (needs --property).")
+@click.option("--protocol", type=click.Choice(["unconditional", "edm-conditional", "gdss"]), default="unconditional",
+              show_default=True, help="edm-conditional: EDM's conditional MAE protocol (needs --property); "
+              "gdss: GDSS's 2D protocol (validity without correction, FCD vs the test split; use -n 10000).")
 @click.option("--property", "prop", metavar="PROP", help="Property of the edm-conditional protocol, e.g. gap.")
 @click.option("--guidance", type=float, help="Classifier-free guidance weight for the conditional protocol.")
 @click.option("--sample-opt", "sample_opts", multiple=True, metavar="KEY=VALUE",
@@ -149,7 +150,7 @@ def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps
 def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidance, sample_opts, seed, device,
              tracking_uri) -> None:
     """Sample from a trained run (or a shipped model), score the samples and the test NLL, log them to MLflow."""
-    from molgen.evaluate import evaluate_conditional_run, evaluate_run
+    from molgen.evaluate import evaluate_conditional_run, evaluate_gdss_run, evaluate_run
 
     if protocol == "edm-conditional":
         if not prop:
@@ -161,8 +162,14 @@ def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidan
                    f"logged into MLflow run {logged}:")
         click.echo(result.table())
         return
+    if protocol == "gdss":
+        metrics, logged = evaluate_gdss_run(run_id, n=n, seed=seed, tracking_uri=tracking_uri, device=device,
+                                            sample_opts=list(sample_opts), pretrained=pretrained)
+        click.echo(f"GDSS 2D protocol, {n} samples; logged into MLflow run {logged}:")
+        _print_metrics(metrics)
+        return
     if sample_opts:
-        raise MolgenError("--sample-opt applies to --protocol edm-conditional only")
+        raise MolgenError("--sample-opt applies to --protocol edm-conditional and gdss only")
     metrics, logged = evaluate_run(run_id, n=n, steps=steps, nll_molecules=nll_molecules, seed=seed,
                                    tracking_uri=tracking_uri, device=device, pretrained=pretrained)
     click.echo(f"logged into MLflow run {logged}:")
@@ -177,7 +184,8 @@ def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidan
 @click.option("--column", help="SMILES column of a CSV (default: auto-detected).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics as a flat JSON object.")
 @click.option("--name", help="MLflow run name (default: the file name).")
-@click.option("--jobs", type=int, default=2, show_default=True, help="Worker processes for RDKit features.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes for RDKit features.")
 @click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
               help="Comma-separated metric groups: basic, moses, fcd, embedding, all.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
@@ -190,8 +198,12 @@ def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_se
                            metrics=metric_set)
     click.echo(f"{file}: {report.read.n_total} records ({report.read.format}), reference {reference}")
     _print_metrics(report.metrics)
+    if report.oracle_version:
+        click.echo(f"  {'oracle_version':<28} {report.oracle_version}")
+    for group, why in report.skipped.items():
+        click.echo(f"note: skipped the {group} metrics: {why}", err=True)
     if out:
-        write_json(report.metrics, out)
+        write_json(report.as_json(), out)
         click.echo(f"wrote {out}")
     run_id = log_benchmark(report, file, name=name, tracking_uri=tracking_uri)
     click.echo(f"MLflow run: {run_id}")
@@ -214,7 +226,7 @@ def data_qm9(cache_dir, rebuild) -> None:
 
 @cli.command()
 @click.option("--tracking-uri", help="MLflow tracking URI (default: ./mlruns.db).")
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
 def ui(tracking_uri, port) -> None:
     """Start the MLflow UI on 127.0.0.1 for the run store."""
     from molgen.ui import launch_ui

@@ -16,6 +16,10 @@ Two uses:
   next to three baselines computed here: the oracle on real ``Db`` molecules (lower bound), on
   ``Db`` with shuffled labels (naive upper bound), and a predictor that sees only the atom count
   (mean of the property per atom count on ``Da``), in the layout of EDM's table.
+
+Every number here depends on the oracle: callers report :attr:`~molgen.oracle.PropertyOracle.version`
+with them (:attr:`ProtocolResult.oracle_version`, a row of its table; MLflow tag
+``molgen.oracle_version``; pass the oracle to :func:`score_targets` to know which one scored).
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ def score_targets(mols: Sequence[Molecule3D], cond: dict[str, float], *, tol: di
 
     Returns flat metrics: ``mae/<prop>`` (user units, over molecules with coordinates),
     ``hit_rate``, ``oracle/unusable`` (molecules without coordinates) and, for targets the oracle
-    cannot predict, ``unscored/<prop>`` = 1.
+    cannot predict, ``unscored/<prop>`` = 1. They depend on the oracle (default :func:`molgen.oracle.load_oracle`):
+    report its ``version`` with them.
     """
     from molgen.metrics.basic import assess
 
@@ -108,19 +113,26 @@ def score_targets(mols: Sequence[Molecule3D], cond: dict[str, float], *, tol: di
 # ---------------------------------------------------------------------- EDM's conditional protocol
 @dataclass
 class ProtocolResult:
-    """MAE rows of EDM's Table 3 for one property (user units) and what produced them."""
+    """MAE rows of EDM's Table 3 for one property (user units) and what produced them.
+
+    ``details`` are the numeric rows (logged as metrics); ``oracle_version`` is the
+    :attr:`~molgen.oracle.PropertyOracle.version` of the oracle that scored every row.
+    """
 
     prop: str
     rows: dict[str, float]
     n: int
     unusable: int
     details: dict[str, float] = field(default_factory=dict)
+    oracle_version: str | None = None
 
     def table(self) -> str:
         unit, f = DISPLAY_UNITS.get(self.prop, (get_property(self.prop).unit, 1.0))
         lines = [f"| row | {self.prop} MAE ({unit}) |", "|---|---|"]
         lines += [f"| {name} | {value * f:.4g} |" for name, value in self.rows.items()]
         lines.append(f"| (model samples without coordinates, not scored) | {self.unusable} of {self.n} |")
+        if self.oracle_version is not None:
+            lines.append(f"| (scored by oracle version) | {self.oracle_version} |")
         return "\n".join(lines)
 
 
@@ -191,4 +203,5 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
         "QM9 (oracle on real Db molecules, lower bound)": lower,
     }
     return ProtocolResult(prop, rows, n=n, unusable=int((~finite).sum()),
-                          details={"model": model_mae, "naive": naive, "n_atoms": n_atoms_mae, "lower_bound": lower})
+                          details={"model": model_mae, "naive": naive, "n_atoms": n_atoms_mae, "lower_bound": lower},
+                          oracle_version=oracle.version)

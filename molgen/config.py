@@ -359,3 +359,14 @@ def validate(cfg: RunConfig) -> None:
         raise MolgenError("train.epochs must be positive")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise MolgenError("train.ema_decay must be in [0, 1)")
+    import math
+
+    if not (math.isfinite(cfg.train.lr) and cfg.train.lr > 0):
+        raise MolgenError(f"train.lr must be a positive number, got {cfg.train.lr}")
+    for name in ("weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio"):
+        value = getattr(cfg.train, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise MolgenError(f"train.{name} must be a non-negative number, got {value}")
+    for name in ("log_every", "val_every", "eval_every", "checkpoint_every", "val_batches"):
+        if getattr(cfg.train, name) < 1:
+            raise MolgenError(f"train.{name} must be at least 1")

@@ -1,6 +1,8 @@
 """``molgen evaluate``: sample from a trained run, score the samples, estimate the NLL on the test split,
 and log everything into that same MLflow run — or, for a shipped model (``--pretrained NAME``), into a
-new run tagged ``molgen.kind=evaluation`` and ``molgen.pretrained=NAME``."""
+new run tagged ``molgen.kind=evaluation`` and ``molgen.pretrained=NAME``. Runs whose metrics depend on
+the property oracle (``eval/FD_emb`` ..., ``cond/*``) are tagged ``molgen.oracle_version`` with its
+:attr:`~molgen.oracle.PropertyOracle.version`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from molgen.errors import MolgenError
 from molgen.generate import load_model
 from molgen.models.options import parse_sample_options
 from molgen.models.base import Generator
+from molgen.oracle import ORACLE_VERSION_TAG
 
 
 @torch.no_grad()
@@ -41,12 +44,13 @@ def test_nll(model: Generator, *, n_molecules: int, batch_size: int = 64, seed: 
     return total / max(count, 1)
 
 
-def suite_metrics(mols, *, cache_dir: str | None = None, metrics: str = "all") -> dict[str, float]:
-    """The ``molgen benchmark`` suite against QM9 (FCD, MOSES-style, oracle embeddings, ...) for samples.
+def suite_report(mols, *, cache_dir: str | None = None, metrics: str = "all"):
+    """The ``molgen benchmark`` report (:class:`~molgen.metrics.suite.BenchmarkReport`, with its
+    ``oracle_version``) against QM9 for samples, or ``None`` with a warning when fewer than two
+    samples are valid (nothing to compare).
 
     The molecules go through the same reader as an external file (a temporary 3D SDF), so a
-    family's samples and a published generator's file are scored by one code path. Returns ``{}``
-    with a warning when fewer than two samples are valid (nothing to compare).
+    family's samples and a published generator's file are scored by one code path.
     """
     import sys
 
@@ -57,11 +61,17 @@ def suite_metrics(mols, *, cache_dir: str | None = None, metrics: str = "all") -
         path = Path(tmp) / "samples.sdf"
         write_molecules(mols, path)
         try:
-            report = run_benchmark(str(path), reference="qm9", metrics=metrics, cache_dir=cache_dir, n_jobs=1)
+            return run_benchmark(str(path), reference="qm9", metrics=metrics, cache_dir=cache_dir, n_jobs=1)
         except MolgenError as exc:
             print(f"warning: benchmark suite skipped: {exc}", file=sys.stderr)
-            return {}
-    return {k: float(v) for k, v in report.metrics.items()}
+            return None
+
+
+def suite_metrics(mols, *, cache_dir: str | None = None, metrics: str = "all") -> dict[str, float]:
+    """The metrics of :func:`suite_report` (FCD, MOSES-style, oracle embeddings, ...); ``{}`` when
+    it is ``None``. The oracle version behind the embedding keys is the report's ``oracle_version``."""
+    report = suite_report(mols, cache_dir=cache_dir, metrics=metrics)
+    return {} if report is None else {k: float(v) for k, v in report.metrics.items()}
 
 
 @dataclass
@@ -76,9 +86,9 @@ class _Target:
     step: int = 0
     status: str = "FINISHED"  # the run's status to restore when done
 
-    def log(self, metrics: dict[str, float], files: Sequence[Path]) -> str:
-        """Log ``metrics`` and ``files`` (under ``eval/``); opened only now, so a failed evaluation
-        leaves no run behind and no run re-opened. Returns the run id."""
+    def log(self, metrics: dict[str, float], files: Sequence[Path], tags: dict[str, str] | None = None) -> str:
+        """Log ``metrics``, ``tags`` and ``files`` (under ``eval/``); opened only now, so a failed
+        evaluation leaves no run behind and no run re-opened. Returns the run id."""
         from molgen.tracking import Tracker
 
         if self.run_id is None:
@@ -87,6 +97,7 @@ class _Target:
                                     "molgen.pretrained": str(self.pretrained)})
         else:
             tracker = Tracker(self.tracking_uri, run_id=self.run_id)
+        tracker.set_tags(tags or {})
         tracker.log_metrics(metrics, step=self.step)
         for path in files:
             tracker.log_artifact(path, "eval")
@@ -127,8 +138,13 @@ def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules
 
     mols = model.sample(n, steps=steps, seed=seed, progress=True)
     metrics = {f"eval/{k}": float(v) for k, v in basic_metrics(mols, train_smiles=train_smiles).items()}
-    for key, value in suite_metrics(mols, cache_dir=model.cfg.data.cache_dir).items():
-        metrics.setdefault(f"eval/{key}", value)
+    report = suite_report(mols, cache_dir=model.cfg.data.cache_dir)
+    tags = {}
+    if report is not None:
+        for key, value in report.metrics.items():
+            metrics.setdefault(f"eval/{key}", float(value))
+        if report.oracle_version is not None:
+            tags[ORACLE_VERSION_TAG] = report.oracle_version
     if nll_molecules > 0:
         nll = test_nll(model, n_molecules=nll_molecules, seed=seed)
         if nll is not None:
@@ -136,7 +152,7 @@ def evaluate_run(run_id: str | None, *, n: int, steps: int | None, nll_molecules
     with tempfile.TemporaryDirectory() as tmp:
         sdf = Path(tmp) / "eval_samples.sdf"
         write_molecules(mols, sdf)
-        return metrics, target.log(metrics, [sdf])
+        return metrics, target.log(metrics, [sdf], tags)
 
 
 def evaluate_conditional_run(run_id: str | None, prop: str, *, n: int, steps: int | None, guidance: float | None,
@@ -146,7 +162,8 @@ def evaluate_conditional_run(run_id: str | None, prop: str, *, n: int, steps: in
     returns the result and the run id it went to.
 
     Metrics: ``cond/<prop>/model`` (the model), ``cond/<prop>/naive``, ``cond/<prop>/n_atoms``,
-    ``cond/<prop>/lower_bound`` (user units); the Markdown table as ``eval/conditional_<prop>.md``.
+    ``cond/<prop>/lower_bound`` (user units); the Markdown table as ``eval/conditional_<prop>.md``;
+    the oracle's version as the tag ``molgen.oracle_version``.
     """
     from molgen.conditional import edm_conditional
 
@@ -160,4 +177,27 @@ def evaluate_conditional_run(run_id: str | None, prop: str, *, n: int, steps: in
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / f"conditional_{result.prop}.md"
         table.write_text(result.table() + "\n")
-        return result, target.log(metrics, [table])
+        tags = {ORACLE_VERSION_TAG: result.oracle_version} if result.oracle_version else {}
+        return result, target.log(metrics, [table], tags)
+
+
+def evaluate_gdss_run(run_id: str | None, *, n: int, seed: int, tracking_uri: str | None, device: str = "auto",
+                      sample_opts: Sequence[str] = (), pretrained: str | None = None) -> tuple[dict[str, float], str]:
+    """GDSS's 2D protocol (:func:`molgen.metrics.gdss.qm9_gdss_metrics`: validity without
+    correction, uniqueness, novelty, FCD against the test split) on ``n`` unconditional samples,
+    logged as ``gdss/<key>`` with the whole result as ``eval/gdss.json``; returns the metrics and the run id."""
+    import json
+
+    from molgen.metrics.gdss import qm9_gdss_metrics
+
+    if n < 1:
+        raise MolgenError("-n must be at least 1")
+    opts = parse_sample_options(list(sample_opts))
+    target = _open_target(run_id, pretrained, tracking_uri, device)
+    mols = target.model.sample(n, seed=seed, progress=True, **opts)
+    result = qm9_gdss_metrics(mols)
+    metrics = {f"gdss/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gdss.json"
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return metrics, target.log(metrics, [path], tags={"molgen.gdss_test_split": str(result.get("test_split"))})

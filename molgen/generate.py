@@ -64,11 +64,12 @@ def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, ta
                        scaffold: str | None = None, tol: list[str] = (),
                        pretrained: str | None = None) -> dict[str, float]:
     """Sample ``n`` molecules and write them to ``out``; returns validity/uniqueness/stability and,
-    for targets, the oracle's MAE per property and the hit rate (:mod:`molgen.conditional`)."""
+    for targets, the oracle's MAE per property and the hit rate (:mod:`molgen.conditional`), after
+    printing which oracle (file and version) scored them."""
     from molgen.chem.io import write_molecules
     from molgen.conditional import parse_tolerances, score_targets
     from molgen.metrics.basic import basic_metrics
-    from molgen.oracle import oracle_file
+    from molgen.oracle import load_oracle, oracle_file
     from molgen.targets import parse_targets
 
     if Path(out).suffix.lower() not in SUPPORTED_OUTPUTS:
@@ -91,7 +92,9 @@ def generate_molecules(*, run_id: str | None, checkpoint: str | None, n: int, ta
     report = dict(basic_metrics(mols))
     if cond:
         if oracle_file().is_file():
-            report.update(score_targets(mols, cond, tol=tolerances))
+            oracle = load_oracle()
+            report.update(score_targets(mols, cond, tol=tolerances, oracle=oracle))
+            print(f"targets scored by oracle version {oracle.version} ({oracle_file()})")
         else:
             print(f"warning: no oracle weights at {oracle_file()}; targets are not scored", file=sys.stderr)
     write_molecules(mols, out)

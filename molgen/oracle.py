@@ -13,6 +13,14 @@ properties) = the embedding -> MLP -> normalized predictions, de-normalized with
 
 The trained weights ship with the package (``molgen/pretrained/oracle.pt``); ``scripts/train_oracle.py``
 retrains them.
+
+Version: :attr:`PropertyOracle.version` is the first 12 hex digits of the SHA-256 of the oracle's
+weights (:func:`molgen.safe_load.weights_digest` of ``{"model": state_dict}``, buffers ``mean`` /
+``std`` included), computed from the loaded tensors, so a file without an integrity digest gets
+one too, and for a file written by :meth:`PropertyOracle.save` it is the start of the file's
+``integrity.sha256``. Every metric that depends on the oracle (conditional MAE, hit rate, the
+``embedding`` group of ``molgen benchmark``) is reported with it (MLflow tag :data:`ORACLE_VERSION_TAG`,
+JSON key ``oracle_version``), and cached reference embeddings are keyed by it.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from molgen.chem.elements import ELEMENTS, Molecule3D
 from molgen.config import BackboneConfig, from_dict
 from molgen.errors import MolgenError
 from molgen.io_utils import atomic_torch_save
-from molgen.safe_load import safe_torch_load, with_integrity
+from molgen.safe_load import safe_torch_load, weights_digest, with_integrity
 from molgen.nn.graph import scatter_mean, scatter_sum
 
 #: The properties of EDM's conditional protocol, in the oracle's output order.
@@ -39,6 +47,10 @@ ORACLE_FORMAT = "molgen-oracle"
 DEFAULT_ORACLE = Path(__file__).resolve().parent / "pretrained" / "oracle.pt"
 #: Environment variable naming other oracle weights (e.g. retrained ones) for every command.
 ORACLE_ENV = "MOLGEN_ORACLE"
+#: MLflow tag naming the oracle version behind a run's oracle-dependent metrics.
+ORACLE_VERSION_TAG = "molgen.oracle_version"
+#: Hex digits of the weights' SHA-256 kept in :attr:`PropertyOracle.version`.
+VERSION_DIGITS = 12
 
 
 def oracle_file() -> Path:
@@ -75,6 +87,13 @@ class PropertyOracle(nn.Module):
     @property
     def embedding_dim(self) -> int:
         return 2 * self.bcfg.scalar_dim
+
+    @property
+    def version(self) -> str:
+        """First :data:`VERSION_DIGITS` hex digits of ``weights_digest({"model": state_dict})``;
+        recomputed on every access (cheap), so it follows any change of the weights."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return weights_digest({"model": state})[:VERSION_DIGITS]
 
     def embed(self, atom_types: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         """The pooled invariant representation ``[B, 2F]`` (the metrics' learned feature space)."""

@@ -11,9 +11,10 @@ from molgen.io_utils import atomic_open
 from molgen.metrics.suite import BenchmarkReport
 
 
-def write_json(metrics: dict[str, float], path: str) -> None:
-    """A flat JSON object (non-finite values become null), written atomically."""
-    clean = {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in metrics.items()}
+def write_json(metrics: dict[str, float | str], path: str) -> None:
+    """A flat JSON object (strings kept, non-finite numbers become null), written atomically."""
+    clean = {k: (v if isinstance(v, str) or (isinstance(v, (int, float)) and math.isfinite(v)) else None)
+             for k, v in metrics.items()}
     with atomic_open(path, "w") as fh:
         json.dump(clean, fh, indent=2)
         fh.write("\n")
@@ -27,6 +28,8 @@ def log_benchmark(report: BenchmarkReport, file: str, *, name: str | None, track
     from molgen.tracking import Tracker
 
     tags = {"molgen.kind": "external-benchmark", "molgen.reference": report.reference}
+    if report.oracle_version:
+        tags["molgen.oracle_version"] = report.oracle_version
     with Tracker(tracking_uri, "molgen-benchmarks", run_name=name or Path(file).name, tags=tags) as tracker:
         tracker.log_params({"file": str(Path(file).resolve()), "reference": report.reference,
                             "format": report.read.format, "n_total": report.read.n_total})

@@ -204,8 +204,14 @@ def _safe_dirname(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "experiment"
 
 
+#: Tags of the experiments molgen creates: ``mlflow.experimentKind`` makes MLflow 3's UI open them on the
+#: model-training view (runs, metrics, logged models) instead of the GenAI "Evaluation runs" page.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """Id of experiment ``name``, created if missing (local stores: artifacts in ``mlartifacts/<name>``)."""
+    """Id of experiment ``name``, created if missing (local stores: artifacts in ``mlartifacts/<name>``),
+    tagged :data:`EXPERIMENT_TAGS` (also an existing experiment that has no kind yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -214,7 +220,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
             root = local_artifact_root(uri)
             location = (root / _safe_dirname(name)).as_uri() if root is not None else None
             try:
-                return client.create_experiment(name, artifact_location=location)
+                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # lost a race with another process
                     raise
@@ -226,4 +232,10 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         raise MolgenError(
             f"MLflow experiment {name!r} is deleted in {uri}; restore it or choose another experiment name"
         )
+    missing = {k: v for k, v in EXPERIMENT_TAGS.items() if k not in (exp.tags or {})}
+    try:
+        for key, value in missing.items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    except MlflowException as exc:
+        raise store_error(uri, exc) from None
     return exp.experiment_id

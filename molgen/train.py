@@ -13,6 +13,7 @@ import contextlib
 import math
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from molgen.checkpoint import (
     parse_checkpoint_ref,
     save_checkpoint,
 )
-from molgen.config import RunConfig, build_run_config
+from molgen.config import RunConfig, build_run_config, validate
 from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.datasets import load_dataset
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
@@ -98,6 +99,17 @@ def _cycle(loader: DataLoader, sampler: Any, start_epoch: int) -> Iterator[Any]:
             sampler.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+def _check_writable(folder: Path) -> None:
+    """One-line :class:`MolgenError` unless ``folder`` can be created and written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise MolgenError(f"cannot write checkpoints to {folder} ({exc.strerror or exc}); "
+                          "set another folder with --set train.out_dir=DIR") from None
 
 
 def resolve_resume(resume: str, out_dir: str, tracking_uri: str | None) -> contextlib.AbstractContextManager[Path]:
@@ -195,6 +207,8 @@ class Trainer:
         """Open (or, with ``run_id``, continue) the MLflow run on the main process, share its id with
         every process, set ``out_dir`` and log the parameters."""
         cfg = self.cfg
+        if self.info.is_main:
+            _check_writable(Path(cfg.train.out_dir))  # before the run opens, not at the first checkpoint
         tags = {"molgen.kind": "train", "molgen.family": cfg.model}
         if cfg.preset:
             tags["molgen.preset"] = cfg.preset
@@ -374,6 +388,11 @@ def resume_training(resume: str, *, tracking_uri: str | None = None, steps: int 
     cfg = build_run_config(payload["config"], family.config_cls)
     if steps is not None:
         cfg.train.steps = steps
+        validate(cfg)  # --steps 0 or negative: one line
     if "ema_state" not in payload or "optimizer" not in payload:
         raise MolgenError("this checkpoint has no optimizer state (a shipped model?); it cannot be resumed")
+    done = int(payload.get("step", 0))
+    if cfg.train.epochs is None and cfg.train.steps <= done:
+        raise MolgenError(f"nothing to train: the checkpoint is at step {done} and the run's target is step "
+                          f"{cfg.train.steps} (give --steps N with N > {done})")
     return Trainer(cfg, tracking_uri=tracking_uri, resume=payload, progress=progress, log=log).run()

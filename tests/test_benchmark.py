@@ -147,6 +147,10 @@ def test_embedding_metrics_for_3d_input_absent_for_smiles(tmp_path, small_qm9, t
     for key in EMBEDDING_KEYS + ORACLE_W1_KEYS:
         assert key in report and report[key] is not None, key
     assert report["oracle/unusable"] == 0 and report["FD_emb"] > 0 and report["atom_stability"] > 0.9
+    from molgen.oracle import load_oracle
+
+    assert report["oracle_version"] == load_oracle(tiny_oracle).version  # the yardstick is named
+    assert f"oracle_version" in proc.stdout
 
     # SMILES carry no coordinates for the oracle: the group's keys are absent
     smi = tmp_path / "s.smi"
@@ -173,11 +177,16 @@ def test_embedding_metrics_count_unusable_and_skip_without_oracle(tmp_path, smal
     assert report.metrics["n"] == 41 and report.metrics["oracle/unusable"] == 1
     assert all(k in report.metrics for k in EMBEDDING_KEYS + ORACLE_W1_KEYS)
     assert "unique" not in report.metrics and "atom_stability" not in report.metrics  # basic not asked
+    from molgen.oracle import load_oracle
+
+    version = load_oracle(tiny_oracle).version  # the report names the oracle behind its embedding keys
+    assert report.oracle_version == version and report.as_json()["oracle_version"] == version
     monkeypatch.setenv("MOLGEN_ORACLE", str(tmp_path / "missing.pt"))
     capsys.readouterr()
     report = run_benchmark(str(samples), reference=str(reference), metrics="all", n_jobs=1,
                            cache_dir=str(tmp_path / "cache"))
     assert not set(EMBEDDING_KEYS) & set(report.metrics) and "SNN/Test" in report.metrics
+    assert report.oracle_version is None and "oracle_version" not in report.as_json()
     err = [line for line in capsys.readouterr().err.splitlines() if "oracle" in line]
     assert len(err) == 1 and "missing.pt" in err[0]
 
@@ -210,3 +219,27 @@ def test_qm9_reference_features_are_cached(tmp_path, small_qm9, tiny_oracle, mon
     out = OM.embedding_metrics([small_qm9.molecule(i) for i in range(30)] + [None], qm9_data=small_qm9,
                                cache_dir=tmp_path, qm9_size=15)
     assert out["oracle/unusable"] == 1 and all(k in out for k in EMBEDDING_KEYS + ORACLE_W1_KEYS)
+
+
+def test_too_few_valid_molecules_still_report_validity(tmp_path) -> None:
+    """One valid molecule of three: validity and the reasons are reported, the distribution groups
+    that need two molecules are skipped and say why (the report is not thrown away)."""
+    from molgen.metrics.suite import run_benchmark
+
+    smi = tmp_path / "few.smi"
+    smi.write_text("CCO\nC1CC\nnot_a_smiles\n")
+    report = run_benchmark(str(smi), metrics="basic,fcd", n_jobs=1, cache_dir=str(tmp_path / "cache"))
+    assert report.metrics["n"] == 3 and abs(report.metrics["valid"] - 1 / 3) < 1e-9
+    assert sum(v for k, v in report.metrics.items() if k.startswith("invalid/")) == 2
+    assert "FCD/Test" not in report.metrics and "at least 2 valid" in report.skipped["fcd"]
+    assert report.as_json()["skipped/fcd"] == report.skipped["fcd"]
+
+
+def test_sdf_holding_smiles_lines_gets_a_format_hint(tmp_path) -> None:
+    from molgen.errors import MolgenError
+    from molgen.metrics.suite import run_benchmark
+
+    wrong = tmp_path / "x.sdf"
+    wrong.write_text("CCO\nc1ccccc1\nCCN\n")
+    with pytest.raises(MolgenError, match="look like SMILES: rename it to .smi"):
+        run_benchmark(str(wrong), metrics="basic", n_jobs=1, cache_dir=str(tmp_path / "cache"))

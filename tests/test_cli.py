@@ -99,6 +99,10 @@ def test_data_qm9(tmp_path, env) -> None:
         (["train", "--model", "diffusion", "--config", "missing.yaml"], ["config file not found"]),
         (["train", "--resume", "0123456789abcdef0123456789abcdef"], ["0123456789abcdef0123456789abcdef"]),
         (["train", "--model", "ebm", "--preset", "tiny", "--set", "train.compile=true"], ["train.compile", "'ebm'"]),
+        (["train", "--model", "diffusion", "--set", "train.lr=-1"], ["train.lr must be a positive number"]),
+        (["train", "--model", "diffusion", "--set", "train.grad_clip=-2"], ["train.grad_clip"]),
+        (["ui", "--port", "99999"], ["99999"]),
+        (["benchmark", "x.smi", "--jobs", "0"], ["--jobs"]),
     ],
 )
 def test_train_bad_input(args, fragments, tmp_path, env) -> None:
@@ -358,3 +362,31 @@ def test_load_model_from_a_downloaded_run_cleans_up(trained, tmp_path, monkeypat
     model = load_model(run_id=trained["run_id"], device="cpu")
     assert list(model.properties) == ["gap"]
     assert len(used) == 1 and not used[0].exists()
+
+
+def test_unwritable_out_dir_is_found_before_training(tmp_path, env) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = molgen("train", "--model", "diffusion", "--preset", "tiny", "--set", f"train.out_dir={blocker}/sub",
+                  cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "cannot write checkpoints to")
+    assert "train diffusion" not in proc.stderr  # no training step ran
+
+
+def test_resume_with_nothing_left_to_train(trained, tmp_path, env) -> None:
+    proc = molgen("train", "--resume", str(trained["checkpoint"]), cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "nothing to train", "--steps N")
+    proc = molgen("train", "--resume", str(trained["checkpoint"]), "--steps", "0", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "train.steps must be positive")
+
+
+def test_guidance_that_is_not_finite_or_huge(trained, tmp_path) -> None:
+    ckpt, out = str(trained["checkpoint"]), tmp_path / "x.sdf"
+    proc = molgen("generate", "--checkpoint", ckpt, "-n", "2", "--steps", "2", "--target", "gap=6.5eV",
+                  "--guidance", "nan", "--out", str(out), cwd=tmp_path)
+    assert_one_line_error(proc, "--guidance must be a finite number")
+    # a huge weight makes the sampler diverge: the molecules are counted invalid, nothing crashes
+    proc = molgen("generate", "--checkpoint", ckpt, "-n", "2", "--steps", "2", "--target", "gap=6.5eV",
+                  "--guidance", "1e300", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert out.is_file()

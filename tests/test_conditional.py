@@ -41,6 +41,16 @@ def test_score_targets_mae_and_hit_rate_by_hand(qm9) -> None:
     assert abs(mols[0].properties["error_gap"] - (preds[0] - target)) < 1e-5
 
 
+def test_protocol_table_names_the_oracle_version() -> None:
+    from molgen.conditional import ProtocolResult
+
+    result = ProtocolResult("gap", {"#Atoms": 0.5, "molgen toy (db)": 0.4}, n=10, unusable=1,
+                            details={"model": 0.4, "n_atoms": 0.5}, oracle_version=_oracle().version)
+    table = result.table()
+    assert f"| (scored by oracle version) | {_oracle().version} |" in table and "| molgen toy (db) | 400 |" in table
+    assert "oracle version" not in ProtocolResult("gap", {"#Atoms": 0.5}, n=1, unusable=0).table()
+
+
 def test_atom_counts_given_target_match_brute_force(qm9) -> None:
     idx = edm_splits(qm9.num_molecules)["db"]
     stats = compute_stats(qm9, idx, ["gap"])

@@ -87,6 +87,11 @@ def test_local_store_log_resume_read_back(local_cwd: Path) -> None:
         tracker.log_text("CCO\nc1ccccc1\n", "samples/step_2.smi")
 
     assert (local_cwd / DEFAULT_DB).is_file()
+    from mlflow.tracking import MlflowClient
+
+    # MLflow 3's UI opens a molgen experiment on the model-training view, not the GenAI pages
+    experiment = MlflowClient(f"sqlite:///{local_cwd / DEFAULT_DB}").get_experiment_by_name("molgen")
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
     artifacts = local_cwd / DEFAULT_ARTIFACTS / "molgen" / run_id / "artifacts"
     assert (artifacts / "checkpoints" / "ckpt.pt").read_bytes() == b"checkpoint"
     assert (artifacts / "samples" / "step_2.smi").is_file()

@@ -99,6 +99,14 @@ _DETECT_ROWS = 200
 # --------------------------------------------------------------------------------------------
 
 
+def _looks_like_smiles(text: str, probe: int = 5) -> bool:
+    """Whether the first non-blank lines of ``text`` parse as SMILES (a format hint for a wrong suffix)."""
+    from rdkit import Chem
+
+    lines = [line.split()[0] for line in text.splitlines() if line.strip()][:probe]
+    return bool(lines) and all(Chem.MolFromSmiles(line) is not None for line in lines)
+
+
 def read_molecules(
     path: str | os.PathLike,
     *,
@@ -145,6 +153,8 @@ def read_molecules(
         records, smiles_column = _read_smiles_table(text, p, kind == "csv", column, max_atoms)
     elif kind == "sdf":
         records, is_3d = _read_sdf(text, max_atoms)
+        if records and all(r.error == "corrupt_record" for r in records) and _looks_like_smiles(text):
+            raise MolgenError(f"{p} holds no SDF record but its lines look like SMILES: rename it to .smi")
     else:
         records, is_3d = _read_xyz(text, max_atoms), True
     return _result(records, kind, is_3d, smiles_column)

@@ -19,21 +19,25 @@ molecules of the EDM test split, seed 0) or a 3D reference file. SMILES / 2D inp
 reference (SMILES only) get no ``embedding`` keys.
 
 The oracle weights are ``$MOLGEN_ORACLE`` if set, else ``molgen/pretrained/oracle.pt``; when the
-file is missing or unreadable the group is skipped with a one-line warning on stderr. The QM9
-reference's predictions and embeddings are cached in ``<cache>/oracle_reference/`` under a hash of
-the oracle file's bytes, ``molgen/oracle.py``'s source and the reference rows / QM9 ids.
+file is missing or unreadable the group is skipped with a one-line warning on stderr. Every value
+of the group depends on the oracle: callers report :attr:`~molgen.oracle.PropertyOracle.version`
+with it (``molgen benchmark``: ``oracle_version``). The QM9 reference's predictions and embeddings
+are cached in ``<cache>/oracle_reference/qm9_test-<version>-<hash>.npz``, keyed by the oracle
+version, its backbone configuration, ``molgen/oracle.py``'s source and the reference rows / QM9
+ids; the file also records the version, and a cache of another version is never reused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import sys
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,7 @@ from molgen.oracle import ORACLE_ENV  # noqa: E402,F401  (re-exported)
 #: Molecules of the QM9 test split used as the reference (at most).
 QM9_REFERENCE_SIZE = 10_000
 #: Bump when the cached reference features change meaning.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def oracle_path() -> Path:
@@ -105,33 +109,52 @@ def qm9_reference_rows(data, size: int = QM9_REFERENCE_SIZE, seed: int = 0) -> n
     return np.sort(test[np.random.RandomState(seed).choice(len(test), k, replace=False)])
 
 
-def qm9_reference_features(oracle, oracle_file: str | os.PathLike, data, *, size: int = QM9_REFERENCE_SIZE,
-                           cache_dir: str | os.PathLike | None = None) -> OracleFeatures:
-    """Oracle outputs of :func:`qm9_reference_rows` of ``data``, cached on disk (see module doc)."""
+def reference_cache_path(oracle, data, rows: np.ndarray, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`qm9_reference_features` caches the oracle outputs of ``rows`` of ``data``:
+    named by ``oracle.version`` and a hash of it, the oracle's backbone configuration,
+    ``molgen/oracle.py``'s source and the rows / QM9 ids."""
     from molgen import oracle as oracle_module
     from molgen.data.qm9 import resolve_cache_dir
-    from molgen.io_utils import atomic_open
 
-    rows = qm9_reference_rows(data, size)
-    h = hashlib.sha256(f"molgen-oracle-reference:{CACHE_VERSION}\n".encode())
-    h.update(Path(oracle_file).read_bytes())
+    version = oracle.version
+    h = hashlib.sha256(f"molgen-oracle-reference:{CACHE_VERSION}\n{version}\n".encode())
+    h.update(json.dumps([asdict(oracle.bcfg), list(oracle.properties)], sort_keys=True).encode())
     h.update(Path(oracle_module.__file__).read_bytes())
     h.update(rows.astype(np.int64).tobytes())
     h.update(data.index.numpy()[rows].astype(np.int64).tobytes())
-    path = resolve_cache_dir(cache_dir) / "oracle_reference" / f"qm9_test-{h.hexdigest()[:16]}.npz"
+    return resolve_cache_dir(cache_dir) / "oracle_reference" / f"qm9_test-{version}-{h.hexdigest()[:16]}.npz"
+
+
+def qm9_reference_features(oracle, oracle_file: str | os.PathLike | None, data, *, size: int = QM9_REFERENCE_SIZE,
+                           cache_dir: str | os.PathLike | None = None) -> OracleFeatures:
+    """Oracle outputs of :func:`qm9_reference_rows` of ``data``, cached on disk (see module doc).
+
+    ``oracle_file`` is not read (the cache is keyed by ``oracle.version``, computed from the loaded
+    weights); it stays for callers that pass it.
+    """
+    from molgen.io_utils import atomic_open
+
+    rows = qm9_reference_rows(data, size)
+    version = oracle.version
+    path = reference_cache_path(oracle, data, rows, cache_dir)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 feats = OracleFeatures(z["preds"], z["embeddings"])
-            if feats.preds.shape == (len(rows), len(oracle.properties)) and \
+                cached_version = str(z["oracle_version"]) if "oracle_version" in z.files else None
+            if cached_version != version:
+                logger.warning("ignoring oracle reference cache %s of oracle version %s (this oracle: %s)",
+                               path, cached_version, version)
+            elif feats.preds.shape == (len(rows), len(oracle.properties)) and \
                     feats.embeddings.shape == (len(rows), oracle.embedding_dim):
                 return feats
-            logger.warning("ignoring oracle reference cache %s with unexpected shapes", path)
+            else:
+                logger.warning("ignoring oracle reference cache %s with unexpected shapes", path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring unreadable oracle reference cache %s (%s)", path, exc)
     feats = oracle_features(oracle, [data.molecule(int(i)) for i in rows])
     buf = io.BytesIO()
-    np.savez(buf, preds=feats.preds, embeddings=feats.embeddings, rows=rows)
+    np.savez(buf, preds=feats.preds, embeddings=feats.embeddings, rows=rows, oracle_version=np.array(version))
     try:
         with atomic_open(path, "wb") as fh:
             fh.write(buf.getvalue())
@@ -163,28 +186,38 @@ def compare_features(samples: OracleFeatures, reference: OracleFeatures,
     return out
 
 
-def embedding_metrics(samples: Sequence[Molecule3D | None], *, qm9_data=None,
-                      reference_mols: Sequence[Molecule3D | None] | None = None,
-                      cache_dir: str | os.PathLike | None = None,
-                      qm9_size: int = QM9_REFERENCE_SIZE) -> dict[str, float]:
-    """The ``embedding`` group for 3D samples against QM9 (``qm9_data``) or 3D ``reference_mols``.
-
-    Returns ``{}`` (after a one-line warning on stderr) when the oracle weights are missing or
-    unreadable.
-    """
+def load_metrics_oracle():
+    """The oracle of :func:`oracle_path`, or ``None`` after a one-line warning on stderr when its
+    file is missing or unreadable (the ``embedding`` group is then skipped)."""
     from molgen.oracle import load_oracle
 
     path = oracle_path()
     if not path.is_file():
         _warn(f"oracle weights not found ({path}); embedding metrics skipped")
-        return {}
+        return None
     try:
-        oracle = load_oracle(path)
+        return load_oracle(path)
     except MolgenError as exc:
         _warn(f"{exc}; embedding metrics skipped")
-        return {}
+        return None
+
+
+def embedding_metrics(samples: Sequence[Molecule3D | None], *, qm9_data=None,
+                      reference_mols: Sequence[Molecule3D | None] | None = None,
+                      cache_dir: str | os.PathLike | None = None,
+                      qm9_size: int = QM9_REFERENCE_SIZE, oracle=None) -> dict[str, float]:
+    """The ``embedding`` group for 3D samples against QM9 (``qm9_data``) or 3D ``reference_mols``.
+
+    ``oracle``: a loaded oracle (its ``version`` is what the caller reports with these values);
+    default :func:`load_metrics_oracle`. Returns ``{}`` (after a one-line warning on stderr) when
+    the oracle weights are missing or unreadable.
+    """
+    if oracle is None:
+        oracle = load_metrics_oracle()
+        if oracle is None:
+            return {}
     if qm9_data is not None:
-        reference = qm9_reference_features(oracle, path, qm9_data, size=qm9_size, cache_dir=cache_dir)
+        reference = qm9_reference_features(oracle, None, qm9_data, size=qm9_size, cache_dir=cache_dir)
     elif reference_mols is not None:
         reference = oracle_features(oracle, reference_mols)
     else:

@@ -18,7 +18,9 @@ Metric groups (``metrics=``, the CLI's ``--metrics``; ``n``, ``valid`` and ``inv
 - ``embedding``: distances in the property oracle's learned space and ``W1/<prop>`` of its
   predictions (:mod:`molgen.metrics.oracle_metrics`), for 3D input against a 3D reference only.
 
-A group that is not requested is not computed.
+A group that is not requested is not computed. When the ``embedding`` group ran, the report names
+the oracle that produced it: :attr:`BenchmarkReport.oracle_version` (the key ``oracle_version`` of
+:meth:`BenchmarkReport.as_json`, MLflow tag ``molgen.oracle_version``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ SMILES_FORMATS = ("smiles", "csv")
 
 @dataclass
 class BenchmarkReport:
-    """The flat metric dict plus what was read, for printing and logging."""
+    """The flat metric dict plus what was read, for printing and logging.
+
+    ``oracle_version``: :attr:`molgen.oracle.PropertyOracle.version` of the oracle behind the
+    ``embedding`` keys, ``None`` when that group did not run.
+    """
 
     metrics: dict[str, float]
     read: ReadResult
@@ -46,6 +52,18 @@ class BenchmarkReport:
     samples_smiles: list[str] = field(default_factory=list)
     sample_properties: dict[str, list[float]] = field(default_factory=dict)
     reference_properties: dict[str, list[float]] = field(default_factory=dict)
+    oracle_version: str | None = None
+    #: metric groups that could not be computed, with why (e.g. fewer than 2 valid molecules)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, float | str]:
+        """The metrics plus ``oracle_version`` when an oracle-dependent group ran and ``skipped/<group>``
+        reasons (the JSON report)."""
+        out: dict[str, float | str] = dict(self.metrics)
+        if self.oracle_version is not None:
+            out["oracle_version"] = self.oracle_version
+        out.update({f"skipped/{group}": why for group, why in self.skipped.items()})
+        return out
 
 
 def _valid(records: Sequence[MoleculeRecord]) -> list[MoleculeRecord]:
@@ -210,10 +228,13 @@ def run_benchmark(
     from molgen.metrics import moses as M
 
     ref = _load_reference(reference, train, cache_dir)
-    if len(valid) < 2:
-        raise MolgenError(f"only {len(valid)} of {total} molecules in {path} are valid; nothing to compare")
     gen_smiles = [Chem.MolToSmiles(r.mol, isomericSmiles=ref.isomeric) for r in valid]
     is_3d = read.is_3d and any(r.mol3d is not None for r in records)
+    skipped: dict[str, str] = {}
+    if len(valid) < 2:  # validity, reasons, uniqueness and stability still count; distributions need 2
+        why = f"needs at least 2 valid molecules ({len(valid)} of {total} are valid)"
+        skipped = {g: why for g in sorted(groups & {"moses", "fcd", "embedding"})}
+        groups = groups - set(skipped)
     if "basic" in groups:
         ids = _identity(valid)
         out["unique"] = len(set(ids)) / max(len(ids), 1)
@@ -254,13 +275,18 @@ def run_benchmark(
         from molgen.chem.stability import stability_counts
 
         out.update(stability_counts([r.mol3d for r in records if r.mol3d is not None]))
+    oracle_version = None
     if "embedding" in groups and is_3d and (ref.qm9 is not None or ref.mols3d is not None):
-        from molgen.metrics.oracle_metrics import embedding_metrics
+        from molgen.metrics.oracle_metrics import embedding_metrics, load_metrics_oracle
 
-        out.update(embedding_metrics([r.mol3d for r in records], qm9_data=ref.qm9,
-                                     reference_mols=ref.mols3d, cache_dir=cache_dir))
+        oracle = load_metrics_oracle()
+        if oracle is not None:
+            oracle_version = oracle.version
+            out.update(embedding_metrics([r.mol3d for r in records], qm9_data=ref.qm9,
+                                         reference_mols=ref.mols3d, cache_dir=cache_dir, oracle=oracle))
     return BenchmarkReport(
         out, read, reference, gen_smiles,
         sample_properties={k: list(map(float, v)) for k, v in gen.properties.items()} if gen else {},
         reference_properties={k: list(map(float, v)) for k, v in ref_stats.properties.items()} if gen else {},
+        oracle_version=oracle_version, skipped=skipped,
     )

@@ -50,6 +50,9 @@ class PointCloudConfig(ConditioningConfig, AtomFeatureConfig):
     sample_batch_size: int = 500
 
 
+#: Å; a decoded coordinate beyond this (or not finite) makes the molecule one without structure
+MAX_COORDINATE = 1.0e4
+
 #: ``field(zx, zh, t, batch_index, num_graphs, y, y_mask) -> (vector [N, 3], features [N, K])``
 Field = Callable[..., tuple[Tensor, Tensor]]
 
@@ -118,12 +121,15 @@ class PointCloudGenerator(Generator):
         types = h[:, : self.num_types].argmax(-1)
         charges = (torch.round(h[:, -1] / self.fc.charge_scale).long() if self.fc.include_charges
                    else torch.zeros_like(types))
-        x, types, charges = x.detach().cpu().numpy(), types.cpu().numpy(), charges.cpu().numpy()
+        x, types, charges = x.detach().cpu().double().numpy(), types.cpu().numpy(), charges.cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(counts.cpu().numpy())])
-        return [
-            Molecule3D(atom_types=types[a:b], positions=x[a:b].astype(np.float64), charges=charges[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:])
-        ]
+        mols = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            pos = x[a:b]
+            if not (np.isfinite(pos).all() and np.abs(pos).max(initial=0.0) < MAX_COORDINATE):
+                pos = np.full_like(pos, np.nan)  # a diverged sample: no structure, counted invalid
+            mols.append(Molecule3D(atom_types=types[a:b], positions=pos, charges=charges[a:b]))
+        return mols
 
     # ------------------------------------------------------------------ sampling
     def prior(self, counts: Tensor, gen: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
