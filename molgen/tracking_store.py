@@ -41,7 +41,9 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: not 
 if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
     # "Creating initial MLflow database tables..." / "Updating database tables" on a new SQLite store
     # (MLflow already holds alembic's own migration lines at WARNING).
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # Its ERROR record of a failed query (the SQL and a SQLAlchemy traceback) is not shown either:
+    # every store error reaches the user as one line (store_error).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # tqdm bars on every artifact download, even of one small file.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -153,10 +155,32 @@ def mlflow_client(uri: str, *, create: bool) -> MlflowClient | None:
     from mlflow.tracking import MlflowClient
 
     try:
-        with quiet_mlflow_warnings():
+        with quiet_mlflow_warnings(), _store_lock(db):
             return MlflowClient(tracking_uri=uri)  # builds (and migrates) the store right away
     except (MlflowException, ImportError) as exc:
         raise store_error(uri, exc) from None
+
+
+@contextlib.contextmanager
+def _store_lock(db: Path | None) -> Iterator[None]:
+    """Serialize the creation / migration of a local SQLite store between processes: two first runs
+    starting together would otherwise both create its tables ("table ... already exists")."""
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    try:
+        fh = open(db.with_name(db.name + ".lock"), "a")
+    except OSError:  # a read-only folder: nothing to create there anyway; the store reports its error
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def store_error(uri: str, exc: Exception) -> MolgenError:
@@ -167,6 +191,8 @@ def store_error(uri: str, exc: Exception) -> MolgenError:
         msg += "or set MLFLOW_ALLOW_FILE_STORE=true"
     elif isinstance(exc, ImportError):
         msg = f"{exc} (install the database driver for this URI)"
+    elif "readonly database" in text or "read-only" in text.lower() or "unable to open database" in text:
+        msg = "the store is read-only or cannot be opened for writing (point --tracking-uri elsewhere)"
     else:
         msg = text.splitlines()[0].split(". ")[0].rstrip(".")
     return MolgenError(f"cannot use the MLflow store {uri}: {msg}")

@@ -19,6 +19,7 @@ from molgen.config import resolve_config
 from molgen.data.graphs import compute_stats, make_graphs, select_indices
 from molgen.errors import MolgenError
 from molgen.metrics.basic import basic_metrics, invalid_reasons
+from molgen.models import smiles_grammar as grammar
 from molgen.models.registry import get_family
 from molgen.models.smiles_chem import scaffold_from_smiles, smiles_to_molecule
 from molgen.sampling.token_filters import top_k_filter, top_p_filter
@@ -106,9 +107,25 @@ def _allowed_ref(vocab: Vocabulary, count: int, n: int, t: int, max_len: int) ->
     return torch.tensor(out)
 
 
-def test_log_likelihood_equals_a_step_by_step_loop(tiny) -> None:
+class _GrammarRef:
+    """The grammar mask of one string, step by step (as the sampler applies it)."""
+
+    def __init__(self, vocab: Vocabulary, n: int, max_len: int) -> None:
+        self.tab, self.n, self.L = grammar.tables(vocab), torch.tensor([n]), max_len
+        self.state = grammar.init_state(1, n)
+
+    def mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        return grammar.mask(self.tab, self.state, allowed[None], self.n, self.L)[0]
+
+    def read(self, token: int) -> None:
+        grammar.advance(self.tab, self.state, torch.tensor([token]))
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_log_likelihood_equals_a_step_by_step_loop(tiny, constrained: bool) -> None:
     make, graphs, stats = tiny
     model = make()
+    model.fc.constrained = constrained
     batch = _batch(graphs, 4)
     vocab, L = model.vocab, model.fc.max_len
     hist = np.asarray(stats.n_atoms_hist, dtype=float)
@@ -120,11 +137,15 @@ def test_log_likelihood_equals_a_step_by_step_loop(tiny) -> None:
             n = sum(is_atom_token(vocab.tokens[j]) for j in ids)
             assert n == int((batch.batch == i).sum())  # QM9 counts hydrogens as atoms
             y, y_mask = batch.y[i:i + 1], batch.y_mask[i:i + 1]
-            total, count = 0.0, 0
+            total, count, ref = 0.0, 0, _GrammarRef(vocab, n, L)
             for t, target in enumerate(ids + [vocab.eos], start=1):
                 prefix = torch.tensor([[vocab.bos] + ids[: t - 1]])
                 logits = model.forward_tokens(prefix, torch.tensor([n]), y, y_mask)[0, -1].double()
                 allowed = _allowed_ref(vocab, count, n, t, L)
+                if constrained:
+                    allowed = ref.mask(allowed)
+                    assert bool(allowed[target])  # QM9's strings are grammatical
+                    ref.read(target)
                 total += float(logits.masked_fill(~allowed, -math.inf).log_softmax(-1)[target])
                 count += int(is_atom_token(vocab.tokens[target]))
             totals.append(total + math.log(hist[n] / hist.sum()))
@@ -140,10 +161,11 @@ def test_log_likelihood_equals_a_step_by_step_loop(tiny) -> None:
 # ------------------------------------------------------------------------------ decoding
 
 
-def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0, product: bool = False) -> str:
+def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0, product: bool = False,
+                constrained: bool = False) -> str:
     """Greedy decoding by full recomputation of every prefix, guidance / experts combined by hand."""
     vocab, L = model.vocab, model.fc.max_len
-    ids, count = [], 0
+    ids, count, ref = [], 0, _GrammarRef(vocab, n, L)
     for t in range(1, L + 1):
         prefix = torch.tensor([[vocab.bos] + ids])
         run = lambda yy, mm: model.forward_tokens(prefix, torch.tensor([n]), yy, mm)[0, -1]  # noqa: E731
@@ -160,7 +182,10 @@ def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0, product: bool =
             if guidance:
                 logits = (1 + guidance) * logits - guidance * free
         allowed = _allowed_ref(vocab, count, n, t, L)
+        if constrained:
+            allowed = ref.mask(allowed)
         nxt = int(logits.masked_fill(~allowed, -math.inf).argmax())
+        ref.read(nxt)
         if nxt == vocab.eos:
             break
         ids.append(nxt)
@@ -168,19 +193,20 @@ def _greedy_ref(model, n: int, y, y_mask, guidance: float = 0.0, product: bool =
     return vocab.decode(ids)
 
 
-@pytest.mark.parametrize("guidance", [0.0, 2.0])
-def test_top_k_1_is_greedy_decoding(tiny, guidance: float) -> None:
+@pytest.mark.parametrize("guidance,constrained", [(0.0, False), (2.0, False), (0.0, True), (2.0, True)])
+def test_top_k_1_is_greedy_decoding(tiny, guidance: float, constrained: bool) -> None:
     make, _, _ = tiny
     model = make(1)
     counts = [5, 9, 3]
-    mols = model.sample(3, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=0, guidance=guidance)
+    mols = model.sample(3, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=0, guidance=guidance,
+                        constrained=constrained)
     y, y_mask = model.resolve_cond(3, {"gap": 6.5})
     with torch.no_grad():
         for i, (m, n) in enumerate(zip(mols, counts)):
-            assert m.smiles == _greedy_ref(model, n, y[i:i + 1], y_mask[i:i + 1], guidance)
+            assert m.smiles == _greedy_ref(model, n, y[i:i + 1], y_mask[i:i + 1], guidance, constrained=constrained)
     # greedy decoding ignores the seed and the temperature
     again = model.sample(3, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=5, temperature=0.3,
-                         guidance=guidance)
+                         guidance=guidance, constrained=constrained)
     assert [m.smiles for m in again] == [m.smiles for m in mols]
 
 
@@ -194,7 +220,8 @@ def test_product_of_experts_is_the_hand_combined_greedy_decoding(tiny, guidance:
     y, y_mask = model.resolve_cond(2, cond)
     with torch.no_grad():
         for i, (m, n) in enumerate(zip(mols, counts)):
-            assert m.smiles == _greedy_ref(model, n, y[i:i + 1], y_mask[i:i + 1], guidance, product=True)
+            assert m.smiles == _greedy_ref(model, n, y[i:i + 1], y_mask[i:i + 1], guidance, product=True,
+                                           constrained=True)
     # with one property given, the product is the joint conditional
     one = model.sample(2, n_atoms=counts, cond={"gap": 6.5}, top_k=1, seed=0, guidance=guidance,
                        composition="product")
@@ -220,12 +247,12 @@ def test_nucleus_keeps_the_smallest_set_with_mass_p() -> None:
     assert set(torch.isfinite(top_k_filter(logits, 2))[0].nonzero().flatten().tolist()) == {1, 3}
 
 
-@pytest.mark.parametrize("temperature", [1.0, 3.0])
-def test_constrained_decoding_gives_the_requested_atom_counts(tiny, temperature: float) -> None:
+@pytest.mark.parametrize("temperature,constrained", [(1.0, False), (3.0, False), (1.0, True), (3.0, True)])
+def test_constrained_decoding_gives_the_requested_atom_counts(tiny, temperature: float, constrained: bool) -> None:
     make, _, stats = tiny
     model = make(2)
-    counts = [1, 2, 7, 15, stats.max_atoms]
-    mols = model.sample(5, n_atoms=counts, seed=3, temperature=temperature, top_p=0.99)
+    counts = [1, 2, 7, 15, stats.max_atoms]  # no molecule of 1 atom: the grammar's dead end, counted invalid
+    mols = model.sample(5, n_atoms=counts, seed=3, temperature=temperature, top_p=0.99, constrained=constrained)
     assert [m.num_atoms for m in mols] == counts
     for m, n in zip(mols, counts):
         toks = tokenize(m.smiles)
@@ -233,6 +260,38 @@ def test_constrained_decoding_gives_the_requested_atom_counts(tiny, temperature:
         assert sum(atoms) == n and len(toks) < model.fc.max_len
         last = max(i for i, a in enumerate(atoms) if a)
         assert all(t not in ("(", ".") for t in toks[last + 1:])  # nothing that needs another atom
+
+
+def _strictly_valid(smiles: str) -> bool:
+    params = Chem.SmilesParserParams()
+    params.removeHs = False
+    mol = Chem.MolFromSmiles(smiles, params)
+    return mol is not None and all(a.GetNumImplicitHs() == 0 and a.GetNumRadicalElectrons() == 0
+                                   for a in mol.GetAtoms())
+
+
+def test_grammar_sampling_of_a_random_model(tiny) -> None:
+    """An untrained model, the worst case for the mask: every string has the requested atom count, and
+    every one that did not reach a dead end of the mask (replayed here) is strictly valid."""
+    make, _, _ = tiny
+    model = make(3)
+    counts = torch.randint(4, 15, (16,), generator=torch.Generator().manual_seed(0)).tolist()  # ETKDG: small ones
+    mols = model.sample(16, n_atoms=counts, seed=1)
+    assert [m.num_atoms for m in mols] == counts
+    vocab, L = model.vocab, model.fc.max_len
+    ids = [vocab.encode(m.smiles) + [vocab.eos] for m in mols]
+    targets = torch.tensor([x + [vocab.pad] * (L - len(x)) for x in ids])
+    n, tab = torch.tensor(counts), grammar.tables(vocab)
+    state, count, ok = grammar.init_state(16, max(counts)), torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.bool)
+    for t in range(1, L + 1):  # replay: which strings the grammar alone took to their end
+        tok = targets[:, t - 1]
+        allowed = grammar.allowed(tab, state, n, L) & grammar.budget_mask(vocab, count, n, t, L)
+        ok &= allowed.gather(1, tok[:, None])[:, 0] | (tok == vocab.pad)
+        grammar.advance(tab, state, tok)
+        count += vocab.is_atom[tok].long()
+    for m, good in zip(mols, ok.tolist()):
+        assert not good or _strictly_valid(m.smiles), m.smiles
+    assert int(ok.sum()) >= 12
 
 
 # ------------------------------------------------------------------------------ molecules

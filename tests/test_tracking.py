@@ -266,3 +266,48 @@ def test_curves_and_histograms_png(tmp_path: Path) -> None:
     for name in ("loss", "empty_loss", "hist", "empty_hist"):
         _assert_png(tmp_path / f"{name}.png")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_read_only_store_is_one_line(tmp_path: Path) -> None:
+    """A store molgen cannot write (here an immutable SQLite file): one line, no SQL, no traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    smi = tmp_path / "two.smi"
+    smi.write_text("CCO\nCCN\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    cmd = [sys.executable, "-m", "molgen", "benchmark", str(smi), "--metrics", "basic"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    db = tmp_path / "mlruns.db"
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)]).returncode != 0:
+        pytest.skip("cannot make the store read-only here")
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "SQL" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and "read-only" in lines[-1], proc.stderr
+
+
+def test_two_first_runs_race_to_create_the_store(tmp_path: Path) -> None:
+    """Two processes opening a new SQLite store at once both succeed (its creation is locked)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from molgen.tracking import Tracker\n"
+            "t = Tracker(None, 'molgen', run_name='racer'); t.finish(); print(t.run_id)")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outs]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("molgen")
+    assert len(client.search_runs([experiment.experiment_id])) == 3

@@ -17,15 +17,16 @@ atom count N as QM9 counts it. The model factorizes ``p(s | y, N, scaffold) = pr
   on the scaffold's 3D structure (one-hot element + formal charge) and its invariant node scalars
   are projected to the model width. Hydrogens of the scaffold are not memory tokens.
 
-Constrained decoding (the same mask in training, likelihood and sampling, so all three use one
-normalized distribution over strings with exactly N atoms): ``<pad>``, ``<bos>``, ``<unk>`` are
-never emitted; before the N-th atom the end token is forbidden; after it, atoms, ``(`` and ``.``
-are forbidden and the end token is allowed (not forced: ~5 % of QM9's explicit-H strings close
-a ring *after* their last atom, ``...C1``); when the remaining atoms fill every remaining slot of
-``max_len`` only atoms are allowed; at slot ``max_len`` the end token is forced. A string whose
-rings or branches are left open is therefore invalid — and counted as such, not hidden.
+Constrained decoding. The atom-count budget (:func:`molgen.models.smiles_grammar.budget_mask`,
+everywhere): no ``<pad>/<bos>/<unk>``, no end before the N-th atom, no atom, ``(`` or ``.`` after
+it (the end not forced: ~5 % of QM9's strings close a ring after their last atom), only atoms when
+they fill the slots left, the end at slot ``max_len``. ``constrained`` (family and sampler option,
+default on) ANDs in the grammar of :mod:`molgen.models.smiles_grammar`: strictly valid strings by
+construction, but for rare dead ends (counted invalid). The likelihood uses it too (exact for what
+sampling draws); the loss does not (the shipped models were trained so, the grammar only
+renormalizes over tokens no training string takes, and would slow every step).
 
-Training: teacher forcing, mean token NLL under that mask. Labels are dropped like the point-cloud
+Training: teacher forcing, mean token NLL under the budget mask. Labels are dropped like the point-cloud
 families (``cond_drop_prob`` for the whole set, ``prop_drop_prob`` per property), which gives
 classifier-free guidance on logits, ``(1 + w) logits(y) - w logits(no labels)`` (N and the scaffold
 are kept in both terms). With probability ``scaffold_prob`` a molecule's Bemis–Murcko scaffold
@@ -46,8 +47,8 @@ exceeds ``max_len`` tokens or does not parse get ``-inf``. :meth:`SmilesAR.perpl
 per character of the explicit-H SMILES + 1 for the end).
 
 Sampling: ``sample(n, cond, n_atoms, steps, guidance, seed, batch_size, progress, temperature=1.0,
-top_k=None, top_p=None, scaffold=None)``; ``steps`` is ignored (a string takes as many steps as it
-has tokens). Order per step: guidance on raw logits, the constraint mask, temperature, top-k, then
+top_k=None, top_p=None, scaffold=None, constrained=True)``; ``steps`` is ignored (a string takes as
+many steps as it has tokens). Order per step: guidance on raw logits, the masks, temperature, top-k, then
 nucleus (top-p: the smallest set of tokens with mass >= p), then an inverse-CDF draw with uniforms
 from a seeded CPU generator (seeded runs match across devices). A KV cache makes a step O(T).
 A valid string becomes a :class:`Molecule3D` with the RDKit atoms (hydrogens explicit, exactly N),
@@ -62,6 +63,7 @@ contains it (RDKit substructure match), else 0.0.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
 from molgen.models.base import Generator, SampleChunk, register
 from molgen.models.conditioning import ConditioningConfig
+from molgen.models import smiles_grammar as grammar
 from molgen.models.options import SampleOptions
 from molgen.models.smiles_chem import (VOCAB, Scaffold, contains_substructure, scaffold_from_smiles,
                                        smiles_to_molecule, training_record)
@@ -98,6 +101,7 @@ class SmilesARConfig(ConditioningConfig):
     ff_mult: int = 4
     dropout: float = 0.1
     max_len: int = 96  # tokens per string, end token included (QM9's longest explicit-H SMILES: 65)
+    constrained: bool = True  # grammar mask at sampling and in the likelihood (module docstring)
     scaffold_prob: float = 0.5  # training: use the molecule's Murcko scaffold as memory
     sample_batch_size: int = 500
 
@@ -111,12 +115,14 @@ class SmilesSampleOptions(SampleOptions):
         top_k: keep the k most likely tokens (``None``: all).
         top_p: nucleus sampling, the smallest set of tokens with mass >= p, in (0, 1] (``None``: all).
         scaffold: a scaffold / fragment SMILES for every molecule, or one per molecule.
+        constrained: the grammar mask (valid by construction; default ``family.constrained``).
     """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     scaffold: str | list[str] | None = None
+    constrained: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -126,6 +132,14 @@ class SmilesSampleOptions(SampleOptions):
             raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise MolgenError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, mask: Tensor, rows: Any,
+          u: Tensor) -> Tensor:
+    """Inverse-CDF draw (uniforms ``u``) from the masked, tempered, top-k / top-p filtered ``logits[rows]``."""
+    z = top_p_filter(top_k_filter(logits[rows].masked_fill(~mask, float("-inf")) / temperature, top_k), top_p)
+    cdf = z.double().softmax(-1).cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=z.shape[-1] - 1)
 
 
 # ---------------------------------------------------------------------------------- the family
@@ -224,26 +238,9 @@ class SmilesAR(Generator):
         return self.head(self.ln_f(x))
 
     def allowed_tokens(self, count: Tensor, n_atoms: Tensor, t: Tensor | int) -> Tensor:
-        """Constraint mask ``[..., V]``: which tokens may come at 1-based position ``t``.
-
-        Args:
-            count: ``[...]`` atoms emitted before this position.
-            n_atoms: ``[...]`` requested atom counts N.
-            t: position (``1..max_len``), a tensor broadcastable to ``count`` or an int.
-        """
-        v = self.vocab
-        is_atom, special, opens = (z.to(count.device) for z in (v.is_atom, v.is_special, v.opens))
-        eos = torch.zeros_like(is_atom)
-        eos[v.eos] = True
-        need = (n_atoms - count)[..., None]
-        slots = (self.fc.max_len - torch.as_tensor(t, device=count.device) + 1)
-        slots = slots[..., None] if slots.dim() else slots
-        allowed = ~special.expand(*need.shape[:-1], -1)
-        allowed = allowed & ((need > 0) | ~opens)  # after the N-th atom: no atom, branch or dot
-        allowed = allowed & ((need == 0) | ~eos)  # before it: no end
-        forced = (need > 0) & (need >= slots - 1)  # the atoms still needed fill the remaining slots
-        allowed = allowed & (~forced | is_atom)
-        return allowed & ((slots > 1) | eos)  # the last slot ends the string
+        """The budget mask ``[..., V]`` at 1-based position ``t`` (a tensor broadcastable to ``count`` or
+        an int), ``count [...]`` atoms before it, ``n_atoms [...]`` = N (module docstring)."""
+        return grammar.budget_mask(self.vocab, count, n_atoms, t, self.fc.max_len)
 
     # ------------------------------------------------------------------ data -> tokens
     def encode_batch(self, batch: Any) -> dict[str, Any]:
@@ -312,6 +309,9 @@ class SmilesAR(Generator):
         count = is_atom.cumsum(1) - is_atom  # atoms before each target
         t = torch.arange(1, targets.shape[1] + 1, device=targets.device)[None].expand_as(targets)
         allowed = self.allowed_tokens(count, n[:, None].expand_as(count), t)
+        if self.fc.constrained and not train:  # the likelihood of what constrained sampling draws
+            tab = grammar.tables(self.vocab, str(self.device))
+            allowed = grammar.sequence_masks(tab, targets, allowed, n, self.fc.max_len, self.vocab.pad)
         logp = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
         lp = logp.gather(-1, targets[..., None])[..., 0]
         real = (targets != self.vocab.pad) & enc["ok"][:, None]
@@ -368,7 +368,7 @@ class SmilesAR(Generator):
         """Token ids of one chunk; guidance / composition combine the experts' logits (module docstring)."""
         experts = guidance_experts(chunk.y, chunk.y_mask, opts.guidance, opts.composition)
         return self._decode(chunk.counts, experts, chunk.extras["scaffolds"], opts.temperature, opts.top_k,
-                            opts.top_p, gen, progress)
+                            opts.top_p, gen, progress, opts.constrained)
 
     def finish_sampling(self, outputs: list[list[int]], extras: dict[str, Any], opts: SmilesSampleOptions,
                         gen: torch.Generator) -> list[Molecule3D]:
@@ -396,7 +396,7 @@ class SmilesAR(Generator):
 
     def _decode(self, counts: Tensor, experts: list[tuple[Tensor, Tensor, Tensor]],
                 scaffolds: list[Scaffold | None], temperature: float, top_k: int | None, top_p: float | None,
-                gen: torch.Generator, progress: bool) -> list[list[int]]:
+                gen: torch.Generator, progress: bool, constrained: bool = False) -> list[list[int]]:
         """Token ids (up to and excluding ``<eos>``) of one chunk, by cached incremental decoding.
 
         ``experts``: the weighted label sets of :func:`molgen.sampling.guidance.guidance_experts`; the
@@ -417,6 +417,7 @@ class SmilesAR(Generator):
         tok = torch.full((B,), v.bos, dtype=torch.long, device=device)
         count = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        tab, gst = grammar.tables(v, str(device)), grammar.init_state(B, int(n.max()), device) if constrained else None
         out = []
         steps = range(1, L + 1)
         if progress:
@@ -429,13 +430,18 @@ class SmilesAR(Generator):
                 x = block(x, *mem, cache=cache)
             logits = self.head(self.ln_f(x))[:, -1].float()  # [K * B, V]
             logits = (coef * logits.view(reps, B, -1)).sum(0)  # [B, V]
-            logits = logits.masked_fill(~self.allowed_tokens(count, n, t), float("-inf")) / temperature
-            logits = top_p_filter(top_k_filter(logits, top_k), top_p)
+            allowed = self.allowed_tokens(count, n, t)
             u = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
-            cdf = logits.double().softmax(-1).cumsum(-1)
-            nxt = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=len(v) - 1)
+            sample = functools.partial(_draw, logits, temperature, top_k, top_p)
+            if not constrained:
+                nxt = sample(allowed, slice(None), u)
+            else:  # filters break the cheap draw's rejection argument: then the exact mask
+                u2 = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
+                nxt = grammar.draw(tab, gst, allowed, n, L, sample, u, u2, exact=top_k is not None or top_p is not None)
             nxt = torch.where(done, torch.full_like(nxt, v.pad), nxt)
             out.append(nxt)
+            if constrained:
+                grammar.advance(tab, gst, nxt)
             count = count + is_atom[nxt].long()
             done = done | (nxt == v.eos)
             tok = nxt
