@@ -282,7 +282,7 @@ def test_edm_conditional_protocol_end_to_end(trained, tiny_oracle) -> None:
                   "-n", "2", "--sample-opt", "temperature=0.8", cwd=trained["cwd"], env=env)
     assert_one_line_error(proc, "does not take sampler option(s) temperature")
     proc = molgen("evaluate", "--run", trained["run_id"], "--sample-opt", "temperature=0.8", cwd=trained["cwd"], env=env)
-    assert_one_line_error(proc, "--sample-opt applies to --protocol edm-conditional only")
+    assert_one_line_error(proc, "--sample-opt applies to --protocol edm-conditional and gdss only")
 
 
 # ---------------------------------------------------------------------------------- checkpoint lookup
