@@ -282,7 +282,8 @@ def test_grammar_sampling_of_a_random_model(tiny) -> None:
     ids = [vocab.encode(m.smiles) + [vocab.eos] for m in mols]
     targets = torch.tensor([x + [vocab.pad] * (L - len(x)) for x in ids])
     n, tab = torch.tensor(counts), grammar.tables(vocab)
-    state, count, ok = grammar.init_state(16, max(counts)), torch.zeros(16, dtype=torch.long), torch.ones(16, dtype=torch.bool)
+    state, count = grammar.init_state(16, max(counts)), torch.zeros(16, dtype=torch.long)
+    ok = torch.ones(16, dtype=torch.bool)
     for t in range(1, L + 1):  # replay: which strings the grammar alone took to their end
         tok = targets[:, t - 1]
         allowed = grammar.allowed(tab, state, n, L) & grammar.budget_mask(vocab, count, n, t, L)
