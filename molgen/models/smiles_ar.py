@@ -417,7 +417,7 @@ class SmilesAR(Generator):
         tok = torch.full((B,), v.bos, dtype=torch.long, device=device)
         count = torch.zeros(B, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        tab, gst = grammar.tables(v, str(device)), grammar.init_state(B, int(n.max()), device) if constrained else None
+        gram = grammar.Decoder(v, n, L) if constrained else None
         out = []
         steps = range(1, L + 1)
         if progress:
@@ -433,15 +433,14 @@ class SmilesAR(Generator):
             allowed = self.allowed_tokens(count, n, t)
             u = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
             sample = functools.partial(_draw, logits, temperature, top_k, top_p)
-            if not constrained:
+            if constrained:  # filters break the cheap draw's rejection argument: then the exact mask
+                nxt = gram.draw(allowed, sample, u, gen, exact=top_k is not None or top_p is not None, done=done)
+            else:
                 nxt = sample(allowed, slice(None), u)
-            else:  # filters break the cheap draw's rejection argument: then the exact mask
-                u2 = torch.rand(B, generator=gen, dtype=torch.float64).to(device)
-                nxt = grammar.draw(tab, gst, allowed, n, L, sample, u, u2, exact=top_k is not None or top_p is not None)
             nxt = torch.where(done, torch.full_like(nxt, v.pad), nxt)
             out.append(nxt)
             if constrained:
-                grammar.advance(tab, gst, nxt)
+                gram.read(nxt)
             count = count + is_atom[nxt].long()
             done = done | (nxt == v.eos)
             tok = nxt

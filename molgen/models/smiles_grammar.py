@@ -332,6 +332,32 @@ def draw(tab: Tables, st: GrammarState, base: Tensor, n_atoms: Tensor, max_len: 
     return nxt
 
 
+class Decoder:
+    """The grammar of one sampling chunk of ``B`` strings of ``n_atoms [B]`` atoms: :meth:`draw` each
+    string's next token, :meth:`read` it. Finished strings leave the state (no more grammar work);
+    the others compute exactly as they would in the full batch."""
+
+    def __init__(self, vocab: Vocabulary, n_atoms: Tensor, max_len: int) -> None:
+        self.tab, self.n, self.max_len = tables(vocab, str(n_atoms.device)), n_atoms, max_len
+        self.rows = torch.arange(n_atoms.numel(), device=n_atoms.device)
+        self.state = init_state(n_atoms.numel(), int(n_atoms.max()), n_atoms.device)
+
+    def draw(self, base: Tensor, sample, u: Tensor, gen: torch.Generator, exact: bool, done: Tensor) -> Tensor:
+        """``[B]`` next tokens (0 for finished strings): :func:`draw` with second uniforms from ``gen``."""
+        u2 = torch.rand(u.numel(), generator=gen, dtype=torch.float64).to(u.device)
+        keep = ~done[self.rows]
+        if not bool(keep.all()):
+            self.rows, self.state = self.rows[keep], self.state.select(keep)
+        r = self.rows
+        out = torch.zeros(u.numel(), dtype=torch.long, device=u.device)
+        out[r] = draw(self.tab, self.state, base[r], self.n[r], self.max_len, lambda m, rr, uu: sample(m, r[rr], uu),
+                      u[r], u2[r], exact)
+        return out
+
+    def read(self, tok: Tensor) -> None:
+        advance(self.tab, self.state, tok[self.rows])
+
+
 def sequence_masks(tab: Tables, targets: Tensor, base: Tensor, n_atoms: Tensor, max_len: int,
                    pad: int) -> Tensor:
     """``[B, T, V]`` masks of teacher-forced strings ``targets [B, T]`` (``base``: their budget masks),

@@ -20,7 +20,7 @@ from molgen.models.smiles_grammar import (ATOM, BOND, BRANCH, CLOSE, END, LABELS
                                           GrammarState, Tables, _at, _ceil3, _col, _grow_stack)
 
 
-def _ring_paths(st: GrammarState) -> tuple[Tensor, Tensor]:
+def _ring_paths(st: GrammarState, ring_atom: Tensor) -> tuple[Tensor, Tensor]:
     """Atoms a later closure of each open ring can still put in a ring, ``[B, L, Y, A]``, for a closer
     at or below ``y`` = each used stack slot, then the current atom; and ``[B, L, A]`` the tree edges
     (by child atom) the closure at the current atom puts in a ring."""
@@ -28,11 +28,11 @@ def _ring_paths(st: GrammarState) -> tuple[Tensor, Tensor]:
     y = torch.cat([st.stack[:, :D], st.cur[:, None]], 1)
     yv = torch.cat([torch.arange(D, device=y.device) < st.depth[:, None], (st.cur >= 0)[:, None]], 1)
     anc_y = st.anc.gather(1, y.clamp(min=0)[..., None].expand(-1, -1, A))
-    anc_o = st.anc.gather(1, st.ring_atom.clamp(min=0)[..., None].expand(-1, -1, A))
+    anc_o = st.anc.gather(1, ring_atom.clamp(min=0)[..., None].expand(-1, -1, A))
     common = anc_o[:, :, None] & anc_y[:, None]
     lca = common & (st.dep[:, None, None] == common.sum(-1, keepdim=True) - 1)  # the common ones: a root chain
     diff = anc_o[:, :, None] ^ anc_y[:, None]
-    path = (diff | lca) & ((st.ring_atom >= 0)[:, :, None] & yv[:, None])[..., None]
+    path = (diff | lca) & ((ring_atom >= 0)[:, :, None] & yv[:, None])[..., None]
     return path, diff[:, :, -1]
 
 
@@ -89,12 +89,15 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     top = torch.where(st.depth > 0, _at(st.stack, st.depth - 1), -1)
     cur_is_top = has_cur & (top == c)
     free = (st.val - st.sig)[:, None] - st.m.long()  # [B, K, A]
-    lab_open = st.ring_atom >= 0  # [B, L]
-    oj = st.ring_atom.clamp(min=0)
-    opener = lab_open[..., None] & (st.ring_atom[..., None] == ar)  # [B, L, A]
-    unspec = opener & (st.ring_ord == 0)[..., None]
+    used = (st.ring_atom >= 0).any(0).nonzero()
+    Lu = int(used.max()) + 1 if used.numel() else 1  # labels past the last one in use: all closed
+    rat, rod = st.ring_atom[:, :Lu], st.ring_ord[:, :Lu]
+    lab_open = rat >= 0  # [B, L]
+    oj = rat.clamp(min=0)
+    opener = lab_open[..., None] & (rat[..., None] == ar)  # [B, L, A]
+    unspec = opener & (rod == 0)[..., None]
     has_unspec = unspec.any(1)
-    ordj = st.ring_ord.clamp(min=1) * lab_open
+    ordj = rod.clamp(min=1) * lab_open
     Q, sum_ord = lab_open.sum(1), ordj.sum(1)
     distinct = (opener.sum(1) <= 1).all(1)
     closed = placed & ~on_stack & ~is_cur
@@ -116,9 +119,9 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     S1 = (max_len - st.step - 1)[:, None]
     dQ, dd, dso = Q[:, None], st.depth[:, None], sum_ord[:, None]
     # rings relative to the current atom
-    clos_c = lab_open & (st.ring_atom != c[:, None]) & ~_at(st.adj, c).gather(1, oj)  # [B, L]
-    packw = torch.where(st.ring_ord <= 1, 1, torch.where(st.ring_ord == 2, 16, 256)) * lab_open
-    at_c = lab_open & (st.ring_atom == c[:, None])  # rings opened at the current atom
+    clos_c = lab_open & (rat != c[:, None]) & ~_at(st.adj, c).gather(1, oj)  # [B, L]
+    packw = torch.where(rod <= 1, 1, torch.where(rod == 2, 16, 256)) * lab_open
+    at_c = lab_open & (rat == c[:, None])  # rings opened at the current atom
     cur_opens = at_c.any(1)
     # atoms a ring needs for its closer: 0 if the current atom can close it, else 1 if an atom can be
     # attached to another atom than its opener (the current one, a branch point), else 2
@@ -132,11 +135,11 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     u_c = (unspec & clos_c[..., None]).any(1)
     g = posW & wcap & u_c[:, None]
     # ring closures open at the new atom of an atom token: every opener but the current atom
-    nclos = lab_open & (st.ring_atom != c[:, None])
+    nclos = lab_open & (rat != c[:, None])
     n_all = ((nclos == lab_open).all(1) & distinct)[:, None, None]
     wok_atom = ((Wn == 1) & (posW & wcap).any(-1))[..., None]
     mult = opener.sum(1).max(1).values[:, None]  # most open rings at one atom
-    unspec_ar = lab_open & (st.ring_ord == 0) & st.arom.gather(1, oj)  # rings a pi closure can use
+    unspec_ar = lab_open & (rod == 0) & st.arom.gather(1, oj)  # rings a pi closure can use
     u_ar_c = (unspec_ar & clos_c).any(1)[:, None]
     u_ar_n = (unspec_ar & nclos).any(1)[:, None, None]
     cnt_c = _at(cnt, c)[:, None]
@@ -152,25 +155,25 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     mult_after = (cnt[:, None] - (ar == oj[..., None]).long()).max(-1).values[:, None]  # [B, 1, L]
     has_unspec_c = _at(has_unspec, c)[:, None, None]
     top_b = cur_is_top[:, None, None]
-    free_label = (~lab_open[:, 1:]).any(1)
+    free_label = (st.ring_atom[:, 1:] < 0).any(1)
     # what closing each ring label does
-    q, aro = st.ring_ord, st.arom.gather(1, oj)
+    q, aro = rod, st.arom.gather(1, oj)
     fo, mo = _col(free, oj), _col(st.m, oj)  # [B, K, L]
     o_closed, o_stack = closed.gather(1, oj)[:, None], on_stack.gather(1, oj)[:, None]
     # rings whose (left) opener waits for its pi bond: only an aromatic closer with a pi bond to give
     pend_o = (lab_open & (q == 0) & aro)[:, None] & o_closed & (fo == 1) & ~mo  # [B, K, L]
     packed = lambda cl, pend, px: (cl * torch.where(pend, torch.where(px, 16, 0), packw.view(  # noqa: E731
-        B, *[1] * (pend.dim() - 2), LABELS))).sum(-1)
+        B, *[1] * (pend.dim() - 2), Lu))).sum(-1)
     other_unspec_o = (unspec.sum(1).gather(1, oj) - (q == 0).long() > 0)[:, None]
-    eye = torch.eye(LABELS, dtype=torch.bool, device=dev)
+    eye = torch.eye(Lu, dtype=torch.bool, device=dev)
     open_after = lab_open[:, None, :] & ~eye  # [B, closed label, other label]
-    clos_after = clos_c[:, None, :] & ~eye & (st.ring_atom[:, None, :] != oj[:, :, None])
+    clos_after = clos_c[:, None, :] & ~eye & (rat[:, None, :] != oj[:, :, None])
     all_after = ((clos_after == open_after).all(-1) & distinct[:, None])[:, None]
     g_o = g.sum(-1, keepdim=True) - _col(g.long(), oj)  # [B, K, L]: candidates w other than the opener
     u_ar_after = ((open_after & clos_after & unspec_ar[:, None, :]).any(-1))[:, None]
     # aromatic atoms must end in rings and pi bonds on ring bonds: what each token leaves rescuable,
     # i.e. on the path of a later ring closure (from an open ring, or a new ring through the stack)
-    path, diff_c = _ring_paths(st)
+    path, diff_c = _ring_paths(st, rat)
     D, BIG = MAX_DEPTH, 10 ** 6
     sl = torch.arange(D, device=dev)
     sidx = st.stack.clamp(min=0)
@@ -257,7 +260,7 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
         atom = ok & _feasible(e(R0) - 1, e(S1), fn, al & (pi == 0) & e(u_ar_n), kv(Us) + torch.where(tb, fco, 0),
                               kv(Ls) + torch.where(tb, _ceil3(fco), 0), kv(Wn) + (fco > 0).long(),
                               kv(wok_atom) & (fco == 0), kv(P) + (~tb & (fco == 1)).long(), e(dQ), e(dd), e(dso),
-                              packed(nclos.view(B, 1, 1, 1, LABELS), pend_o.view(B, K, 1, 1, LABELS),
+                              packed(nclos.view(B, 1, 1, 1, Lu), pend_o.view(B, K, 1, 1, Lu),
                                      (al & (pi == 0))[..., None]), e(n_all), need, e(mult), nsr)
         atom = atom.any(2).any(1) & has_cur[:, None] & ~lost_a
         z = torch.zeros((), dtype=torch.long, device=dev)
@@ -288,7 +291,7 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
         er_j = st.ering[:, None] | diff_c
         lost_j = (waiting[:, None] & ~rc).any(-1)
         pic_j = (st.pic[:, :, None] & ~er_j[:, None] & ~edge(rc)[:, None]).any(-1)
-        o4, k4 = (lambda x: x.reshape(B, 1, 1, LABELS)), (lambda x: x.reshape(B, K, 1, LABELS))  # noqa: E731
+        o4, k4 = (lambda x: x.reshape(B, 1, 1, Lu)), (lambda x: x.reshape(B, K, 1, Lu))  # noqa: E731
         fo4, mo4, oc4, os4 = k4(fo), k4(mo), o4(o_closed), o4(o_stack).long()
         ok = (alive.view(B, K, 1, 1) & o4(okj) & ~k4(pic_j) & (fc4 >= o4(order) + pi)
               & ((pi == 0) | (o4(arj) & ~mc4 & ~mo4 & (fo4 >= 1))))
@@ -297,8 +300,8 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
         fcn = fc4 - o4(order) - pi
         grow = (fcn >= 1)[..., None]
         l5 = lambda x: x.reshape(B, 1, 1, *x.shape[1:]) if x.dim() > 1 else x.view(B, 1, 1, 1, 1)  # noqa: E731
-        need_after = torch.where(at_c.view(B, 1, 1, 1, LABELS), l5(cnt_c[:, 0] + g1 - 1), torch.where(
-            l5(clos_after), 0, torch.where(grow | other_gs.view(B, 1, 1, 1, LABELS), 1, 2)))
+        need_after = torch.where(at_c.view(B, 1, 1, 1, Lu), l5(cnt_c[:, 0] + g1 - 1), torch.where(
+            l5(clos_after), 0, torch.where(grow | other_gs.view(B, 1, 1, 1, Lu), 1, 2)))
         need_after = torch.maximum((need_after * l5(open_after)).max(-1).values, o4(need_rc))
         need_after = torch.maximum(need_after, 2 * (e(gs_blocked) & (~grow[..., 0] | e(cur_opens))
                                                     & o4(open_after.any(-1))).long())
@@ -309,7 +312,7 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
             kv(Ls) - os4 * (_ceil3(fo4) - _ceil3(fo2)), kv(Wn) - (fo4 > 0).long() + (fo2 > 0).long(),
             (k4(g_o) >= 1) & (fo2 == 0), kv(P) + (oc4 & (fo2 == 1)).long() - (oc4 & (fo4 == 1)).long(), e(dQ) - 1,
             e(dd), e(dso) - o4(ordj),
-            packed(l5(clos_after), pend_o.view(B, K, 1, 1, LABELS), (e(ac) & ~mco)[..., None]),
+            packed(l5(clos_after), pend_o.view(B, K, 1, 1, Lu), (e(ac) & ~mco)[..., None]),
             o4(all_after), need_after, o4(mult_after), k4(nsr_j))
         close = close.any(2)
         return atom, new, close.any(1) & ~lost_j
@@ -333,7 +336,7 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     fx = _col(free, top)
     gs_p = gs & (torch.arange(MAX_DEPTH, device=dev) < (st.depth - 1)[:, None])
     other_p = (_at(fmax, top) >= 1)[:, None] | (gs_p.sum(1)[:, None] - _on(gs_p).gather(1, oj).long() >= 1)
-    need_u = torch.where(st.ring_atom == top[:, None], (_at(cnt, top) + torch.where(gs_p.any(1), 0, 1))[:, None],
+    need_u = torch.where(rat == top[:, None], (_at(cnt, top) + torch.where(gs_p.any(1), 0, 1))[:, None],
                          torch.where(other_p, 1, 2)) * lab_open
     need_u = torch.maximum(need_u.max(1, keepdim=True).values, 2 * (gs_blocked & (Q > 0))[:, None].long())
     sfree_u = sfree & (ar != top[:, None])[:, None]
@@ -349,12 +352,13 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     end = end.any(1) & no_pend & (st.depth == 0) & (Q == 0) & arom_ok
     # tokens
     kind = tab.kind
-    lab = tab.label.clamp(max=LABELS - 1)
-    is_open = lab_open.gather(1, lab[None].expand(B, -1))  # [B, V]
+    lab = tab.label[None].expand(B, -1)
+    is_open = (st.ring_atom >= 0).gather(1, lab)  # [B, V]
+    close = torch.cat([close, close.new_zeros(B, LABELS - Lu)], 1)
     out = torch.zeros(B, kind.numel(), dtype=torch.bool, device=dev)
     out |= (kind == ATOM) & atom.gather(1, tab.cls[None].expand(B, -1))
     out |= (kind == BOND) & bond.gather(1, (tab.order - 1).clamp(min=0)[None].expand(B, -1))
-    out |= (kind == RING) & torch.where(is_open, close.gather(1, lab[None].expand(B, -1)), new[:, None])
+    out |= (kind == RING) & torch.where(is_open, close.gather(1, lab), new[:, None])
     out |= (kind == BRANCH) & branch[:, None]
     out |= (kind == CLOSE) & unbranch[:, None]
     out |= (kind == END) & end[:, None]
