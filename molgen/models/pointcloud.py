@@ -119,14 +119,16 @@ class PointCloudGenerator(Generator):
     def decode(self, x: Tensor, h: Tensor, counts: Tensor) -> list[Molecule3D]:
         """Continuous ``(x, h)`` -> molecules: argmax atom type, rounded formal charge."""
         types = h[:, : self.num_types].argmax(-1)
-        charges = (torch.round(h[:, -1] / self.fc.charge_scale).long() if self.fc.include_charges
-                   else torch.zeros_like(types))
+        finite_h = torch.isfinite(h).all(-1).cpu().numpy()
+        charges = (torch.round(torch.nan_to_num(h[:, -1] / self.fc.charge_scale).clamp(-9, 9)).long()
+                   if self.fc.include_charges else torch.zeros_like(types))
         x, types, charges = x.detach().cpu().double().numpy(), types.cpu().numpy(), charges.cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(counts.cpu().numpy())])
         mols = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             pos = x[a:b]
-            if not (np.isfinite(pos).all() and np.abs(pos).max(initial=0.0) < MAX_COORDINATE):
+            if not (np.isfinite(pos).all() and np.abs(pos).max(initial=0.0) < MAX_COORDINATE
+                    and finite_h[a:b].all()):
                 pos = np.full_like(pos, np.nan)  # a diverged sample: no structure, counted invalid
             mols.append(Molecule3D(atom_types=types[a:b], positions=pos, charges=charges[a:b]))
         return mols
