@@ -78,9 +78,9 @@ from molgen.chem.elements import ELEMENT_INDEX, ELEMENTS, Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
+from molgen.models import smiles_grammar as grammar
 from molgen.models.base import Generator, SampleChunk, register
 from molgen.models.conditioning import ConditioningConfig
-from molgen.models import smiles_grammar as grammar
 from molgen.models.options import SampleOptions
 from molgen.models.smiles_chem import (VOCAB, Scaffold, contains_substructure, scaffold_from_smiles,
                                        smiles_to_molecule, training_record)

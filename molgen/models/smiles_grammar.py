@@ -122,6 +122,15 @@ class GrammarState:
     def select(self, rows: Tensor) -> "GrammarState":
         return GrammarState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
+    def first_atoms(self, A: int) -> "GrammarState":
+        """A view on the first ``A`` atom slots (all placed atoms must be among them)."""
+        cut = {"adj": (slice(None), slice(A), slice(A)), "anc": (slice(None), slice(A), slice(A)),
+               "m": (slice(None), slice(None), slice(A)), "pic": (slice(None), slice(None), slice(A))}
+        per_atom = ("val", "sig", "dep", "nar", "par", "arom", "inring", "ering")
+        return GrammarState(**{f.name: getattr(self, f.name)[cut[f.name] if f.name in cut else
+                                                              (slice(None), slice(A)) if f.name in per_atom else ...]
+                               for f in fields(self)})
+
 
 def init_state(B: int, max_atoms: int, device: torch.device | str = "cpu") -> GrammarState:
     """The state before the first token, for strings of at most ``max_atoms`` atoms."""
@@ -192,7 +201,7 @@ def _compact(m: Tensor, pic: Tensor, alive: Tensor, relevant: Tensor, K: int) ->
 
 def advance(tab: Tables, st: GrammarState, tok: Tensor) -> None:
     """Read token ``tok [B]`` of every string, in place (dead strings are left as they are)."""
-    B, K, A = st.m.shape
+    B, _, A = st.m.shape
     dev = st.m.device
     ar = torch.arange(A, device=dev)
     kind = tab.kind[tok]

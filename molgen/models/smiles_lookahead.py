@@ -76,6 +76,7 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     when an atom or ring digit may follow it; ``bonds=False`` only checks that it fits the current
     atom (a superset, 4x cheaper: :func:`~molgen.models.smiles_grammar.draw`); ``bonds`` a ``[B]``
     tensor of orders: ``[B]``, whether that bond is allowed."""
+    st = st.first_atoms(min(st.m.shape[2], int(st.count.max()) + 1))  # the slots in use (placed atoms)
     B, K, A = st.m.shape
     dev = st.m.device
     ar = torch.arange(A, device=dev)
@@ -154,7 +155,6 @@ def allowed(tab: Tables, st: GrammarState, n_atoms: Tensor, max_len: int,
     nsr_j = torch.where(one_s[..., None], (sfree[:, :, None] * unclos_j[:, None]).sum(-1), 0)  # [B, K, L]
     mult_after = (cnt[:, None] - (ar == oj[..., None]).long()).max(-1).values[:, None]  # [B, 1, L]
     has_unspec_c = _at(has_unspec, c)[:, None, None]
-    top_b = cur_is_top[:, None, None]
     free_label = (st.ring_atom[:, 1:] < 0).any(1)
     # what closing each ring label does
     q, aro = rod, st.arom.gather(1, oj)
