@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from molgen.config import resolve_config  # noqa: E402
 from molgen.data.graphs import compute_stats, make_graphs, select_indices  # noqa: E402
@@ -53,103 +54,9 @@ from molgen.ema import EMA  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
 from molgen.models.registry import get_family  # noqa: E402
 from molgen.nn.backbone import compile_backbones  # noqa: E402
-from molgen.nn.graph import full_edge_index, remove_mean, scatter_sum  # noqa: E402
+from egnn_baseline import EGNN, NUM_TYPES, egnn_loss, egnn_sample  # noqa: E402
 
 FAMILIES = ("diffusion", "flow-matching")
-NUM_TYPES = 5  # H C N O F
-
-
-# ----------------------------------------------------------------------------- the EGNN baseline
-
-
-class EGCL(nn.Module):
-    """One EGNN layer as EDM configures it on QM9 (one invariant sublayer + the coordinate update)."""
-
-    def __init__(self, hidden: int, coords_range: float = 15.0) -> None:
-        super().__init__()
-        e_in = 2 * hidden + 2  # h_i, h_j, |x_i - x_j|², distance² of the input coordinates
-        self.edge_mlp = nn.Sequential(nn.Linear(e_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
-        self.att = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid())
-        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.coord_mlp = nn.Sequential(nn.Linear(e_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                       nn.Linear(hidden, 1, bias=False))
-        self.coords_range = coords_range
-
-    def forward(self, h: Tensor, x: Tensor, edge_index: Tensor, d0: Tensor) -> tuple[Tensor, Tensor]:
-        src, dst = edge_index
-        diff = x[dst] - x[src]
-        radial = (diff * diff).sum(-1, keepdim=True)
-        e_in = torch.cat([h[dst], h[src], radial, d0], dim=-1)
-        m = self.edge_mlp(e_in)
-        m = m * self.att(m)
-        h = h + self.node_mlp(torch.cat([h, scatter_sum(m, dst, h.shape[0])], dim=-1))
-        e_in = torch.cat([h[dst], h[src], radial, d0], dim=-1)
-        trans = diff / (radial.sqrt() + 1.0) * torch.tanh(self.coord_mlp(e_in)) * self.coords_range
-        return h, x + scatter_sum(trans, dst, x.shape[0])
-
-
-class EGNN(nn.Module):
-    """EDM-size EGNN dynamics: ``(x_t, h_t, t) -> (eps_x, eps_h)``, translation-free ``eps_x``."""
-
-    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 9) -> None:
-        super().__init__()
-        self.embed = nn.Linear(in_dim + 1, hidden)
-        self.layers = nn.ModuleList([EGCL(hidden) for _ in range(layers)])
-        self.out = nn.Linear(hidden, in_dim)
-
-    def forward(self, x: Tensor, h: Tensor, t: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
-        edge_index = full_edge_index(batch, num_graphs)
-        src, dst = edge_index
-        d0 = ((x[dst] - x[src]) ** 2).sum(-1, keepdim=True)
-        hh = self.embed(torch.cat([h, t[batch, None]], dim=-1))
-        y = x
-        for layer in self.layers:
-            hh, y = layer(hh, y, edge_index, d0)
-        return remove_mean(y - x, batch, num_graphs), self.out(hh)
-
-
-def _alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
-    """EDM's polynomial-2 VP schedule (without its precision clipping): alpha² = (1 - t²)²."""
-    alpha2 = (1.0 - t * t) ** 2
-    alpha2 = alpha2.clamp(1e-5, 1.0 - 1e-5)
-    return alpha2.sqrt(), (1.0 - alpha2).sqrt()
-
-
-def egnn_loss(net: EGNN, batch) -> Tensor:
-    """EDM's training objective: noise prediction on CoM-free positions and 0.25-scaled one-hot types."""
-    B = batch.num_graphs
-    x = remove_mean(batch.pos, batch.batch, B)
-    h = nn.functional.one_hot(batch.atom_types, NUM_TYPES).to(x.dtype) * 0.25
-    t = torch.rand(B, device=x.device)
-    alpha, sigma = _alpha_sigma(t)
-    eps_x = remove_mean(torch.randn_like(x), batch.batch, B)
-    eps_h = torch.randn_like(h)
-    a, s = alpha[batch.batch, None], sigma[batch.batch, None]
-    px, ph = net(a * x + s * eps_x, a * h + s * eps_h, t, batch.batch, B)
-    return ((px - eps_x) ** 2).sum() / B + ((ph - eps_h) ** 2).sum() / B
-
-
-@torch.no_grad()
-def egnn_sample(net: EGNN, counts: Tensor, steps: int, device: torch.device, autocast) -> None:
-    """Ancestral sampling of the VP process: ``steps`` network evaluations for one chunk."""
-    B = len(counts)
-    batch = torch.repeat_interleave(torch.arange(B, device=device), counts.to(device))
-    x = remove_mean(torch.randn(len(batch), 3, device=device), batch, B)
-    h = torch.randn(len(batch), NUM_TYPES, device=device)
-    for k in range(steps, 0, -1):
-        t, s_ = torch.full((B,), k / steps, device=device), torch.full((B,), (k - 1) / steps, device=device)
-        (a_t, sig_t), (a_s, sig_s) = _alpha_sigma(t), _alpha_sigma(s_)
-        with autocast():
-            ex, eh = net(x, h, t, batch, B)
-        a_ts = (a_t / a_s)[batch, None]
-        sig2_ts = (sig_t**2 - (a_t / a_s) ** 2 * sig_s**2)[batch, None]
-        st, ss = sig_t[batch, None], sig_s[batch, None]
-        x = (x - sig2_ts / (a_ts * st) * ex.float()) / a_ts
-        h = (h - sig2_ts / (a_ts * st) * eh.float()) / a_ts
-        noise = (sig2_ts * ss**2 / st**2).sqrt()
-        x = x + noise * remove_mean(torch.randn_like(x), batch, B)
-        h = h + noise * torch.randn_like(h)
-    h.argmax(-1).cpu()
 
 
 # ----------------------------------------------------------------------------- timing

@@ -30,6 +30,17 @@ of the trained properties.
 takes the base class's keyword arguments (``cond, n_atoms, steps, guidance, seed, batch_size,
 progress``); all apply.
 
+**Variants (measured in ``scripts/bench_learning.py``).** ``prediction: data`` reads the network's
+outputs as the step to the clean molecule, ``z1_hat = z_t + net(z_t, t)``, trained with
+``|z1_hat - z1|^2`` (every noise level weighted alike, where the velocity loss weights level ``t`` by
+``1 / (1 - t)^2``); its velocity is ``net / (1 - t)`` and Euler sampling lands on the prediction at
+the last step. ``time_alpha`` / ``time_beta`` draw training times from ``Beta(alpha, beta)``
+(``alpha > beta`` visits the data end more often, where the molecule's fine geometry is set).
+``atom_types: categorical`` generates types and charges with the masking flow of
+:mod:`molgen.models.categorical` (cross-entropy weighted by ``type_loss_weight``) instead of
+scaled one-hot Gaussians. Both sample with Euler steps (``solver: euler``, one network call per
+step) and have no likelihood (``log_likelihood`` is ``None``).
+
 **Likelihood.** ``log_likelihood`` solves the same ODE backwards from the data at ``t = 1`` to the
 prior at ``t = 0`` (:func:`molgen.sampling.ode.log_likelihood`, instantaneous change of variables,
 ``family.likelihood_steps`` steps of ``family.solver``, guidance off) and adds ``log p(N)`` from the
@@ -56,6 +67,7 @@ from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
 from molgen.models.base import SampleChunk, register
+from molgen.models.categorical import CategoricalAtoms, Tokens
 from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
 from molgen.nn.dynamics import DynamicsNetwork
@@ -64,6 +76,8 @@ from molgen.sampling import ode
 from molgen.sampling.align import align_prior, apply_alignment
 
 TRACES = ("exact", "hutchinson")
+PREDICTIONS = ("velocity", "data")
+ATOM_TYPES = ("gaussian", "categorical")
 
 
 @dataclass
@@ -77,6 +91,11 @@ class FlowMatchingConfig(PointCloudConfig):
     align_iters: int = 2  # Hungarian/Kabsch alternations per principal-axes start
     likelihood_steps: int = 50
     likelihood_trace: str = "exact"  # exact | hutchinson
+    prediction: str = "velocity"  # velocity | data (z1_hat = z_t + net; Euler sampling)
+    atom_types: str = "gaussian"  # gaussian (scaled one-hot features) | categorical (masking flow)
+    time_alpha: float = 1.0  # training times t ~ Beta(time_alpha, time_beta); 1, 1 = uniform
+    time_beta: float = 1.0
+    type_loss_weight: float = 1.0  # atom_types=categorical: weight of the types/charges cross-entropy
 
 
 @register("flow-matching")
@@ -97,7 +116,42 @@ class EquivariantFlowMatching(PointCloudGenerator):
         if self.fc.likelihood_trace not in TRACES:
             raise MolgenError(
                 f"unknown family.likelihood_trace '{self.fc.likelihood_trace}' (choose from: {', '.join(TRACES)})")
-        self.net = DynamicsNetwork(self.feat_dim, len(stats.properties), cfg.backbone)
+        fc = self.fc
+        for key, choices in (("prediction", PREDICTIONS), ("atom_types", ATOM_TYPES)):
+            if getattr(fc, key) not in choices:
+                raise MolgenError(f"unknown family.{key} '{getattr(fc, key)}' (choose from: {', '.join(choices)})")
+        if self.stepwise and fc.solver != "euler":
+            raise MolgenError("family.prediction=data and family.atom_types=categorical sample with Euler steps: "
+                              f"set family.solver=euler (not '{fc.solver}')")
+        if not (fc.time_alpha > 0 and fc.time_beta > 0):
+            raise MolgenError(f"family.time_alpha and family.time_beta must be > 0 (got {fc.time_alpha}, {fc.time_beta})")
+        self.categorical = (CategoricalAtoms(self.num_types, fc.include_charges)
+                            if fc.atom_types == "categorical" else None)
+        in_dim, out_dim = ((self.categorical.in_dim, self.categorical.out_dim) if self.categorical
+                           else (self.feat_dim, self.feat_dim))
+        self.net = DynamicsNetwork(in_dim, len(stats.properties), cfg.backbone, out_dim=out_dim)
+
+    @property
+    def stepwise(self) -> bool:
+        """Whether sampling is this family's own Euler loop (data prediction or categorical atoms)."""
+        return self.fc.prediction == "data" or self.fc.atom_types == "categorical"
+
+    def train_times(self, B: int, like: Tensor) -> Tensor:
+        """``[B]`` training times: uniform, or ``Beta(time_alpha, time_beta)``."""
+        a, b = self.fc.time_alpha, self.fc.time_beta
+        if a == 1.0 and b == 1.0:
+            return torch.rand(B, device=like.device, dtype=like.dtype)
+        beta = torch.distributions.Beta(torch.tensor(float(a)), torch.tensor(float(b)))
+        return beta.sample((B,)).to(like.device, like.dtype)
+
+    def categorical_features(self, tok: Tokens, dtype: torch.dtype) -> Tensor:
+        """Unmasked categorical tokens as the point-cloud features ``h`` that :meth:`decode` reads."""
+        cat, fc = self.categorical, self.fc
+        onehot = torch.nn.functional.one_hot(tok.types.clamp(max=cat.T - 1), self.num_types).to(dtype)
+        parts = [onehot * fc.type_scale]
+        if fc.include_charges:
+            parts.append(cat.charge_values(tok).to(dtype)[:, None] * fc.charge_scale)
+        return torch.cat(parts, -1)
 
     # ------------------------------------------------------------------ path
     def coupling(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -114,17 +168,29 @@ class EquivariantFlowMatching(PointCloudGenerator):
 
     # ------------------------------------------------------------------ protocol
     def loss(self, batch: Any) -> dict[str, Tensor]:
-        """Conditional flow matching: ``|v(z_t, t) - (z1 - z0)|^2`` per coordinate, ``t ~ U[0, 1]``."""
+        """Conditional flow matching: ``|v(z_t, t) - (z1 - z0)|^2`` per coordinate (``prediction:
+        data``: ``|z_t + net - z1|^2``; categorical atoms: cross-entropy of their clean tokens)."""
         B, batch_index = batch.num_graphs, batch.batch
         x0, h0, x1, h1 = self.coupling(batch)
-        t = torch.rand(B, device=x1.device, dtype=x1.dtype)
+        t = self.train_times(B, x1)
         tn = t[batch_index][:, None]
-        xt, ht = (1 - tn) * x0 + tn * x1, (1 - tn) * h0 + tn * h1
+        xt = (1 - tn) * x0 + tn * x1
+        cat, data = self.categorical, self.fc.prediction == "data"
+        if cat is not None:
+            clean = cat.clean(batch)
+            h_in = cat.features(cat.corrupt(clean, t[batch_index]), x1.dtype)
+        else:
+            h_in = (1 - tn) * h0 + tn * h1
         y, y_mask = self.labels(batch, train=True)
-        vx, vh = self.net(xt, ht, t, batch_index, B, y, y_mask)
-        err_x = scatter_sum(((vx - (x1 - x0)) ** 2).sum(-1), batch_index, B)
-        err_h = scatter_sum(((vh - (h1 - h0)) ** 2).sum(-1), batch_index, B)
+        ox, oh = self.net(xt, h_in, t, batch_index, B, y, y_mask)
+        err_x = scatter_sum((((xt + ox - x1) if data else (ox - (x1 - x0))) ** 2).sum(-1), batch_index, B)
         n_atoms = torch.bincount(batch_index, minlength=B).to(err_x.dtype)
+        if cat is not None:
+            ce = scatter_sum(cat.cross_entropy(oh, clean), batch_index, B) / n_atoms
+            loss_x = err_x / (n_atoms * 3)
+            return {"loss": (loss_x + self.fc.type_loss_weight * ce).mean(),
+                    "loss_x": loss_x.mean().detach(), "loss_h": ce.mean().detach()}
+        err_h = scatter_sum((((h_in + oh - h1) if data else (oh - (h1 - h0))) ** 2).sum(-1), batch_index, B)
         return {
             "loss": ((err_x + err_h) / (n_atoms * (3 + self.feat_dim))).mean(),
             "loss_x": (err_x / (n_atoms * 3)).mean().detach(),
@@ -144,7 +210,7 @@ class EquivariantFlowMatching(PointCloudGenerator):
         return field
 
     def log_likelihood(self, batch: Any, *, exact: bool | None = None, steps: int | None = None,
-                       seed: int | None = None) -> Tensor:
+                       seed: int | None = None) -> Tensor | None:
         """``log p(x, h | y) + log p(N)`` in nats per molecule ``[B]`` by the ODE (module docstring).
 
         Args:
@@ -152,6 +218,8 @@ class EquivariantFlowMatching(PointCloudGenerator):
             steps: solver steps (default ``family.likelihood_steps``).
             seed: seed of Hutchinson's probe noise (``None``: the global torch generator).
         """
+        if self.stepwise:
+            return None  # data prediction / categorical atoms: no tractable likelihood (module docstring)
         B, batch_index = batch.num_graphs, batch.batch
         exact = self.fc.likelihood_trace == "exact" if exact is None else exact
         x, h = self.positions(batch), self.features(batch)
@@ -167,6 +235,8 @@ class EquivariantFlowMatching(PointCloudGenerator):
     def sample_state(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
                      progress: bool) -> tuple[Tensor, Tensor]:
         """Integrate the learned field from the prior (t = 0) to the data (t = 1) in ``opts.steps`` steps."""
+        if self.stepwise:
+            return self._sample_stepwise(chunk, opts, gen, progress)
         B, steps = chunk.counts.numel(), opts.steps
         batch_index, zx, zh = self.prior(chunk.counts, gen)
         field = self.velocity(batch_index, B, chunk.y, chunk.y_mask, opts.guidance, opts.composition)
@@ -175,3 +245,24 @@ class EquivariantFlowMatching(PointCloudGenerator):
             z = ode.ode_step(field, (steps - 1 - i) / steps, z, 1.0 / steps, self.fc.solver)
         x, h = z
         return remove_mean(x, batch_index, B), h
+
+    def _sample_stepwise(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+                         progress: bool) -> tuple[Tensor, Tensor]:
+        """Euler steps of the data-predicting field (``z += dt / (1 - t) * net``, landing on the
+        prediction at the last step) or of the velocity, with the CTMC step of categorical atoms."""
+        B, steps, cat = chunk.counts.numel(), opts.steps, self.categorical
+        batch_index, zx, zh = self.prior(chunk.counts, gen)
+        tok = cat.masked(zx.shape[0], zx.device) if cat is not None else None
+        dt = 1.0 / steps
+        for i in self.steps_iter(steps, progress):  # i = steps - 1, ..., 0
+            t = (steps - 1 - i) / steps
+            h_in = cat.features(tok, zx.dtype) if cat is not None else zh
+            tb = torch.full((B,), t, device=zx.device, dtype=zx.dtype)
+            ox, oh = self.guided(self.net, zx, h_in, tb, batch_index, B, chunk.y, chunk.y_mask, **opts.guide)
+            scale = dt / (1.0 - t) if self.fc.prediction == "data" else dt
+            zx = remove_mean(zx + scale * ox.to(zx.dtype), batch_index, B)
+            if cat is not None:
+                tok = cat.step(tok, oh, t, dt, gen)
+            else:
+                zh = zh + scale * oh.to(zh.dtype)
+        return zx, (self.categorical_features(tok, zx.dtype) if cat is not None else zh)
