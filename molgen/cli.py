@@ -95,6 +95,8 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint file instead of --run.")
 @click.option("--pretrained", type=click.Choice(pretrained_names()),
               help="A model shipped with molgen instead of --run (no training needed; README lists what each is).")
+@click.option("--model-uri", metavar="URI",
+              help="An MLflow model molgen logged: models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model.")
 @click.option("-n", "n", type=int, default=100, show_default=True, help="Number of molecules.")
 @click.option("--target", multiple=True, metavar="PROP=VALUE[UNIT]",
               help="Property target, e.g. gap=6.5eV, mu=2D, alpha=75Bohr3, Cv=30cal/mol/K (energies: eV, meV or Ha).")
@@ -103,15 +105,15 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 @click.option("--steps", type=int, help="Sampling steps (default: the model's).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--tracking-uri", help="MLflow tracking URI (for --run).")
+@click.option("--tracking-uri", help="MLflow tracking URI (for --run and --model-uri).")
 @click.option("--tol", multiple=True, metavar="PROP=VALUE[UNIT]",
               help="Hit-rate tolerance per target (defaults: alpha=1Bohr3 gap=0.2eV homo=0.1eV lumo=0.2eV mu=0.3D Cv=0.5).")
 @click.option("--scaffold", metavar="SMILES", help="Scaffold the molecules should contain (families that support it).")
 @click.option("--sample-opt", "sample_opts", multiple=True, metavar="KEY=VALUE",
               help="Family sampler option, e.g. temperature=0.8, sampler=ode, composition=product (repeatable).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .sdf, .xyz, .smi or .csv.")
-def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps, seed, device, tracking_uri, tol,
-             scaffold, sample_opts, out) -> None:
+def generate(run_id, checkpoint, pretrained, model_uri, n, target, n_atoms, guidance, steps, seed, device, tracking_uri,
+             tol, scaffold, sample_opts, out) -> None:
     """Generate molecules from a trained model and score what was written.
 
     With --target, the oracle predicts each molecule's properties (written into the SDF/CSV with the
@@ -123,7 +125,7 @@ def generate(run_id, checkpoint, pretrained, n, target, n_atoms, guidance, steps
     report = generate_molecules(
         run_id=run_id, checkpoint=checkpoint, n=n, targets=list(target), n_atoms=n_atoms, guidance=guidance,
         steps=steps, seed=seed, device=device, tracking_uri=tracking_uri, out=out, sample_opts=list(sample_opts),
-        scaffold=scaffold, tol=list(tol), pretrained=pretrained,
+        scaffold=scaffold, tol=list(tol), pretrained=pretrained, model_uri=model_uri,
     )
     click.echo(f"wrote {report['n']} molecules to {out}")
     _print_metrics({k: v for k, v in report.items() if k != "n"})

@@ -26,6 +26,7 @@ def log_benchmark(report: BenchmarkReport, file: str, *, name: str | None, track
 
     from molgen.plots import molecule_grid_png, property_histograms_png
     from molgen.tracking import Tracker
+    from molgen.viewer import write_viewer
 
     tags = {"molgen.kind": "external-benchmark", "molgen.reference": report.reference}
     if report.oracle_version:
@@ -40,6 +41,9 @@ def log_benchmark(report: BenchmarkReport, file: str, *, name: str | None, track
             grid = Path(tmp) / "samples_grid.png"
             molecule_grid_png([Chem.MolFromSmiles(s) for s in report.samples_smiles[:16]], grid)
             tracker.log_artifact(grid)
+            mols3d = [r.mol3d for r in report.read.records if r.mol3d is not None]  # 3D inputs (SDF, XYZ)
+            if mols3d:
+                tracker.log_artifact(write_viewer(mols3d, Path(tmp) / "samples_viewer.html", title=Path(file).name))
             if report.sample_properties:
                 hist = Path(tmp) / "property_histograms.png"
                 property_histograms_png(report.sample_properties, report.reference_properties, hist)

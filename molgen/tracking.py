@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -277,6 +278,21 @@ class Tracker:
         """Write ``text`` to the artifact ``artifact_file`` (e.g. ``"samples/step_1000.smi"``)."""
         if self._active:
             self._client.log_text(self._run_id, text, artifact_file)
+
+    def log_model(self, checkpoint: str | os.PathLike, *, step: int = 0) -> str | None:
+        """Log ``checkpoint`` as the run's MLflow model (:func:`molgen.mlflow_model.log_model`); returns
+        its URI. A failure is a one-line warning on stderr (the run's artifacts are already logged)."""
+        if not self._active:
+            return None
+        from molgen.mlflow_model import log_model
+
+        try:
+            return log_model(checkpoint, run_id=self._run_id, experiment_id=self.experiment_id,
+                             tracking_uri=self.tracking_uri, step=step)
+        except Exception as exc:  # noqa: BLE001 - never fail a finished training over the model listing
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"warning: could not log the MLflow model of run {self._run_id}: {reason}", file=sys.stderr)
+            return None
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) run tags; values are stringified and clipped to MLflow's limit."""

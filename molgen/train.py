@@ -359,6 +359,7 @@ class Trainer:
         from molgen.chem.build import build_mol, sanitize
         from molgen.chem.io import write_molecules
         from molgen.plots import loss_curve_png, molecule_grid_png
+        from molgen.viewer import write_viewer
 
         self.log(f"sampling {self.cfg.train.eval_samples} molecules for the final evaluation ...")
         metrics, mols = self.sample_metrics(self.cfg.train.eval_samples)
@@ -367,10 +368,12 @@ class Trainer:
         write_molecules(mols, sdf)
         write_molecules(mols, self.out_dir / "samples.smi")
         molecule_grid_png([sanitize(build_mol(m))[0] for m in mols[:16]], self.out_dir / "samples_grid.png")
+        write_viewer(mols, self.out_dir / "samples_viewer.html", title=f"molgen {self.cfg.model} samples")
         loss_curve_png({k: v for k, v in self.history.items() if k in ("train/loss", "val/loss")},
                        self.out_dir / "loss_curve.png")
-        for name in ("samples.sdf", "samples.smi", "samples_grid.png", "loss_curve.png"):
+        for name in ("samples.sdf", "samples.smi", "samples_grid.png", "samples_viewer.html", "loss_curve.png"):
             self.tracker.log_artifact(self.out_dir / name, "samples" if name.startswith("samples") else None)
+        self.tracker.log_model(path, step=self.step)
         return TrainResult(self.run_id, path, self.step, metrics=metrics, samples_sdf=sdf)
 
 

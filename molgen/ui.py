@@ -10,8 +10,22 @@ import subprocess
 import sys
 
 from molgen.errors import MolgenError
-from molgen.tracking_store import is_http, local_artifact_root, resolve_tracking_uri, sqlite_path
+from molgen.tracking_store import is_http, local_artifact_root, mlflow_client, resolve_tracking_uri, sqlite_path
 
+#: MLflow 3's UI opens on its GenAI view unless the URL asks for the model-training one (a per-browser
+#: setting; the experiment tag ``mlflow.experimentKind`` alone does not switch it)
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def ui_url(tracking_uri: str, base: str, experiment: str = "molgen") -> str:
+    """The page to open: the ``experiment``'s runs in MLflow's model-training view (the start page
+    in that view when the store has no such experiment yet)."""
+    with contextlib.suppress(Exception):  # the address is a convenience: never fail the UI on it
+        client = mlflow_client(tracking_uri, create=False)
+        found = client.get_experiment_by_name(experiment) if client is not None else None
+        if found is not None:
+            return f"{base}/#/experiments/{found.experiment_id}{TRAINING_VIEW}"
+    return f"{base}/#/{TRAINING_VIEW}"
 
 
 def ui_command(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -58,7 +72,8 @@ def _port_free(host: str, port: int) -> bool:
 def launch_ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Serve the MLflow UI for a store until Ctrl-C; returns the exit code (0 after Ctrl-C).
 
-    Prints ``MLflow UI: http://HOST:PORT (store: URI)`` first. For an ``http(s)`` store it only prints
+    Prints ``MLflow UI: http://HOST:PORT/#/experiments/ID?workflowType=machine_learning (store: URI)``
+    first (:func:`ui_url`: molgen's experiment in the model-training view). For an ``http(s)`` store it only prints
     that server's address.
 
     Raises:
@@ -75,7 +90,7 @@ def launch_ui(tracking_uri: str | None = None, host: str = "127.0.0.1", port: in
         raise MolgenError(f"port {port} on {host} is in use; choose another with --port")
     argv = ui_command(uri, host=host, port=port)
     url_host = f"[{host}]" if ":" in host else host
-    print(f"MLflow UI: http://{url_host}:{port} (store: {uri})", flush=True)
+    print(f"MLflow UI: {ui_url(uri, f'http://{url_host}:{port}')} (store: {uri})", flush=True)
     proc = subprocess.Popen(argv, env=_ui_env())
     try:
         code = proc.wait()

@@ -20,7 +20,7 @@ from molgen.tracking import (
     get_run,
     resolve_tracking_uri,
 )
-from molgen.ui import ui_command
+from molgen.ui import ui_command, ui_url
 from tests.mlflow_server import mlflow_server_uri  # noqa: F401  (session fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -178,6 +178,16 @@ def test_ui_command_for_local_store(local_cwd: Path) -> None:
     assert argv[argv.index("--port") + 1] == "5123"
     with pytest.raises(MolgenError, match="its own UI"):
         ui_command("http://127.0.0.1:5000")
+
+
+def test_ui_url_opens_molgen_runs_in_the_model_training_view(local_cwd: Path) -> None:
+    """MLflow 3's UI starts in its GenAI view; the printed address asks for the training view."""
+    uri = resolve_tracking_uri()
+    base = "http://127.0.0.1:5123"
+    assert ui_url(uri, base) == f"{base}/#/?workflowType=machine_learning"  # no store yet
+    with Tracker(uri, experiment="molgen", run_name="x") as tracker:
+        experiment_id = tracker.experiment_id
+    assert ui_url(uri, base) == f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def test_real_server_over_http(mlflow_server_uri: str, tmp_path: Path) -> None:  # noqa: F811
