@@ -86,8 +86,10 @@ def train(model, config_path, set_items, preset, condition, split, steps, epochs
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
+    """The headline metrics, 4 significant digits (per-type geometry entries are in the JSON / MLflow run)."""
     for key, value in metrics.items():
-        click.echo(f"  {key:<28} {value:.4f}")
+        if "_by_type/" not in key:
+            click.echo(f"  {key:<28} {value:.4g}")
 
 
 @cli.command()
@@ -189,7 +191,7 @@ def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidan
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker processes for RDKit features.")
 @click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
-              help="Comma-separated metric groups: basic, moses, fcd, embedding, all.")
+              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
 def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_set, tracking_uri) -> None:
     """Score a generator's molecules (SMILES/CSV/SDF/XYZ) with the field's metrics."""

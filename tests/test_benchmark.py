@@ -84,7 +84,7 @@ def test_metrics_unknown_group_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "s.smi").write_text("CCO\nCN\n")
     proc = molgen("benchmark", str(tmp_path / "s.smi"), "--metrics", "basic,nope", cwd=tmp_path)
     assert proc.returncode == 2
-    assert_one_line_error(proc, "nope", "basic, moses, fcd, embedding, all")
+    assert_one_line_error(proc, "nope", "basic, moses, fcd, embedding, prdc, geometry, all")
 
 
 def test_parse_metric_groups() -> None:

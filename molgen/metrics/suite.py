@@ -11,15 +11,24 @@ Invalid input molecules are counted (``valid`` and ``invalid/<reason>``), never 
 Metric groups (``metrics=``, the CLI's ``--metrics``; ``n``, ``valid`` and ``invalid/*`` always):
 
 - ``basic``: uniqueness, novelty (``unique``, ``valid_unique``, ``novel``; MOSES: ``unique@1000``,
-  ``unique@10000``, ``Novelty``) and, for 3D input, EDM's atom / molecule stability;
+  ``unique@10000``, ``Novelty``), ``valid_connected`` (the fraction of records that are valid and
+  one connected fragment), ``valid_unique_novel`` (``valid × unique × novel``: the fraction of
+  records that are valid, the first of their identity and not in the training set; only with
+  training molecules) and, for 3D input, EDM's atom / molecule stability;
 - ``moses``: SNN, Frag, Scaf, IntDiv / IntDiv2, Filters and the Wasserstein-1 distances of logP,
   SA, QED, weight (under MOSES's keys ``logP`` ... and again as ``W1/logP`` ...);
 - ``fcd``: Fréchet ChemNet Distance;
 - ``embedding``: distances in the property oracle's learned space and ``W1/<prop>`` of its
-  predictions (:mod:`molgen.metrics.oracle_metrics`), for 3D input against a 3D reference only.
+  predictions (:mod:`molgen.metrics.oracle_metrics`), for 3D input against a 3D reference only;
+- ``prdc``: precision / recall / density / coverage (``precision_emb`` ...) with k-NN balls in the
+  same oracle space (:mod:`molgen.metrics.prdc`), same inputs as ``embedding`` (features shared);
+- ``geometry``: bond-length / angle / torsion W1 per type and atom / bond-type total variation
+  (``geometry/*``, :mod:`molgen.metrics.geometry`), for 3D input against a 3D reference only.
 
-A group that is not requested is not computed. When the ``embedding`` group ran, the report names
-the oracle that produced it: :attr:`BenchmarkReport.oracle_version` (the key ``oracle_version`` of
+A group that is not requested is not computed; one that was named explicitly (not through ``all``)
+but cannot apply to the input or reference is listed in :attr:`BenchmarkReport.skipped` with why.
+When the ``embedding`` or ``prdc`` group ran, the report names the oracle that produced it:
+:attr:`BenchmarkReport.oracle_version` (the key ``oracle_version`` of
 :meth:`BenchmarkReport.as_json`, MLflow tag ``molgen.oracle_version``).
 """
 
@@ -76,7 +85,14 @@ def _identity(records: Sequence[MoleculeRecord]) -> list[str]:
 
 
 #: The metric groups of :func:`run_benchmark`, in report order.
-METRIC_GROUPS: tuple[str, ...] = ("basic", "moses", "fcd", "embedding")
+METRIC_GROUPS: tuple[str, ...] = ("basic", "moses", "fcd", "embedding", "prdc", "geometry")
+#: Groups computed from the oracle's outputs (one oracle pass serves both).
+ORACLE_GROUPS = frozenset({"embedding", "prdc"})
+
+
+def _items(spec: str | Iterable[str]) -> list[str]:
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    return [s for s in items if s]
 
 
 def parse_metric_groups(spec: str | Iterable[str]) -> frozenset[str]:
@@ -85,8 +101,7 @@ def parse_metric_groups(spec: str | Iterable[str]) -> frozenset[str]:
     Raises:
         MolgenError: for an unknown or empty group list (naming the valid ones).
     """
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    items = [s for s in items if s]
+    items = _items(spec)
     valid = ", ".join((*METRIC_GROUPS, "all"))
     unknown = [s for s in items if s != "all" and s not in METRIC_GROUPS]
     if unknown or not items:
@@ -102,6 +117,7 @@ class _Reference:
     train_ids: set[str] | None
     qm9: object | None = None  # QM9Data for --reference qm9
     mols3d: list | None = None  # Molecule3D | None per record, for a 3D reference file
+    mols: list | None = None  # sanitized RDKit Mol (with its file's bonds) | None per record, ditto
     #: False when the reference SMILES carry no stereochemistry (QM9's): samples are then written
     #: without it too, or stereo perceived from 3D coordinates alone would move FCD/Scaf/Frag.
     isomeric: bool = True
@@ -127,7 +143,8 @@ def _load_reference(reference: str, train: str | None, cache_dir: str | None) ->
     if train is not None:
         train_ids = set(_identity(_valid(read_molecules(train).records)))
     mols3d = [r.mol3d for r in ref.records] if ref.is_3d else None
-    return _Reference(f"file_{Path(reference).stem}", ref_smiles, train_ids, mols3d=mols3d)
+    mols = [r.mol for r in ref.records] if ref.is_3d else None
+    return _Reference(f"file_{Path(reference).stem}", ref_smiles, train_ids, mols3d=mols3d, mols=mols)
 
 
 def _property_w1(metrics: dict[str, float]) -> None:
@@ -186,6 +203,42 @@ def _moses_reference(smiles: list[str], groups: frozenset[str], n_jobs: int,
     return {k: float(v) for k, v in out.items()}
 
 
+def _atomic_numbers(r: MoleculeRecord):
+    """Atomic numbers of a valid 3D record's atoms (from its Molecule3D, in RDKit's atom order)."""
+    import numpy as np
+
+    from molgen.chem.elements import ATOMIC_NUMBERS
+
+    if r.mol is None or r.mol3d is None or len(r.mol3d.atom_types) != r.mol.GetNumAtoms():
+        return None
+    return np.asarray(ATOMIC_NUMBERS)[np.asarray(r.mol3d.atom_types, dtype=np.int64)]
+
+
+def _oracle_groups(records: Sequence[MoleculeRecord], ref: _Reference, groups: frozenset[str],
+                   cache_dir: str | None) -> tuple[dict[str, float], str | None]:
+    """The ``embedding`` / ``prdc`` keys from one oracle pass over samples and reference, and the
+    oracle's version (``({}, None)`` after a one-line warning when its weights are unusable)."""
+    from molgen.metrics.oracle_metrics import (compare_features, load_metrics_oracle, oracle_features,
+                                               qm9_reference_features)
+
+    oracle = load_metrics_oracle()
+    if oracle is None:
+        return {}, None
+    if ref.qm9 is not None:
+        reference = qm9_reference_features(oracle, None, ref.qm9, cache_dir=cache_dir)
+    else:
+        reference = oracle_features(oracle, ref.mols3d)
+    samples = oracle_features(oracle, [r.mol3d for r in records])
+    out: dict[str, float] = {}
+    if "embedding" in groups:
+        out.update(compare_features(samples, reference, oracle.properties))
+    if "prdc" in groups:
+        from molgen.metrics.prdc import prdc_emb
+
+        out.update(prdc_emb(samples, reference))
+    return out, oracle.version
+
+
 def run_benchmark(
     path: str,
     *,
@@ -201,7 +254,9 @@ def run_benchmark(
 
     ``metrics``: ``"all"`` or a comma-separated list (or iterable) of :data:`METRIC_GROUPS`.
     """
-    groups = parse_metric_groups(metrics)
+    asked = _items(metrics)
+    groups = parse_metric_groups(asked)
+    named = set() if "all" in asked else set(asked)  # groups asked for by name, not through "all"
     read = read_molecules(path, column=column)
     records = read.records[:n] if n is not None else read.records
     if n is not None and n < 1:
@@ -223,7 +278,9 @@ def run_benchmark(
                   for r in records]
         out.update(_moses_reference(smiles, groups, n_jobs, cache_dir))
         _property_w1(out)
-        return BenchmarkReport(out, read, reference, smiles)
+        why = "the MOSES reference has no 3D coordinates"
+        return BenchmarkReport(out, read, reference, smiles,
+                               skipped={g: why for g in sorted(groups & (ORACLE_GROUPS | {"geometry"}) & named)})
 
     from molgen.metrics import moses as M
 
@@ -233,15 +290,17 @@ def run_benchmark(
     skipped: dict[str, str] = {}
     if len(valid) < 2:  # validity, reasons, uniqueness and stability still count; distributions need 2
         why = f"needs at least 2 valid molecules ({len(valid)} of {total} are valid)"
-        skipped = {g: why for g in sorted(groups & {"moses", "fcd", "embedding"})}
+        skipped = {g: why for g in sorted(groups & {"moses", "fcd", "embedding", "prdc"})}
         groups = groups - set(skipped)
     if "basic" in groups:
         ids = _identity(valid)
         out["unique"] = len(set(ids)) / max(len(ids), 1)
         out["valid_unique"] = out["valid"] * out["unique"]
+        out["valid_connected"] = sum(len(Chem.GetMolFrags(r.mol)) == 1 for r in valid) / total
         if ref.train_ids is not None:
             distinct = set(ids)
             out["novel"] = len(distinct - ref.train_ids) / max(len(distinct), 1)
+            out["valid_unique_novel"] = out["valid_unique"] * out["novel"]
     gen = ref_stats = None
     if groups & {"moses", "fcd"}:
         from molgen.metrics.moses_suite import compute_features, reference_stats, score_against
@@ -275,15 +334,22 @@ def run_benchmark(
         from molgen.chem.stability import stability_counts
 
         out.update(stability_counts([r.mol3d for r in records if r.mol3d is not None]))
+    why_not = None  # why the 3D groups cannot apply
+    if not is_3d:
+        why_not = "needs 3D input (XYZ or 3D SDF)"
+    elif ref.qm9 is None and ref.mols3d is None:
+        why_not = "needs a 3D reference (qm9 or a 3D file)"
+    if why_not is not None:
+        skipped.update({g: why_not for g in sorted(groups & (ORACLE_GROUPS | {"geometry"}) & named)})
     oracle_version = None
-    if "embedding" in groups and is_3d and (ref.qm9 is not None or ref.mols3d is not None):
-        from molgen.metrics.oracle_metrics import embedding_metrics, load_metrics_oracle
+    if groups & ORACLE_GROUPS and why_not is None:
+        oracle_out, oracle_version = _oracle_groups(records, ref, groups & ORACLE_GROUPS, cache_dir)
+        out.update(oracle_out)
+    if "geometry" in groups and why_not is None:
+        from molgen.metrics.geometry import geometry_metrics
 
-        oracle = load_metrics_oracle()
-        if oracle is not None:
-            oracle_version = oracle.version
-            out.update(embedding_metrics([r.mol3d for r in records], qm9_data=ref.qm9,
-                                         reference_mols=ref.mols3d, cache_dir=cache_dir, oracle=oracle))
+        out.update(geometry_metrics([r.mol for r in records], sample_z=[_atomic_numbers(r) for r in records],
+                                    qm9_data=ref.qm9, reference_mols=ref.mols, cache_dir=cache_dir))
     return BenchmarkReport(
         out, read, reference, gen_smiles,
         sample_properties={k: list(map(float, v)) for k, v in gen.properties.items()} if gen else {},
