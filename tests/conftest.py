@@ -67,3 +67,17 @@ def qm9_cache(qm9, tmp_path_factory: pytest.TempPathFactory) -> str:
     # the qm9 fixture built its cache in the first temp folder it made
     roots = sorted(Path(tmp_path_factory.getbasetemp()).glob("molgen_cache*"))
     return str(roots[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init property oracle file (the shipped weights are not needed for wiring tests)."""
+    import torch
+
+    from molgen.config import BackboneConfig
+    from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle
+
+    torch.manual_seed(0)
+    bcfg = BackboneConfig(num_layers=1, scalar_dim=16, vector_dim=4, edge_dim=8, graph_dim=16, cond_dim=8, num_rbf=8)
+    oracle = PropertyOracle(bcfg, ORACLE_PROPERTIES, [0.0] * 6, [1.0] * 6)
+    return oracle.save(tmp_path_factory.mktemp("oracle") / "o.pt")

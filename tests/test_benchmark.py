@@ -113,20 +113,6 @@ def small_qm9(tmp_path_factory, qm9_small_source):
     return load_qm9(tmp_path_factory.mktemp("small_qm9_cache"), source_dir=qm9_small_source)
 
 
-@pytest.fixture(scope="module")
-def tiny_oracle(tmp_path_factory) -> Path:
-    """A random-init property oracle file (the shipped weights are not needed for wiring tests)."""
-    import torch
-
-    from molgen.config import BackboneConfig
-    from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle
-
-    torch.manual_seed(0)
-    bcfg = BackboneConfig(num_layers=1, scalar_dim=16, vector_dim=4, edge_dim=8, graph_dim=16, cond_dim=8, num_rbf=8)
-    oracle = PropertyOracle(bcfg, ORACLE_PROPERTIES, [0.0] * 6, [1.0] * 6)
-    return oracle.save(tmp_path_factory.mktemp("oracle") / "o.pt")
-
-
 def _xyz(mols, path: Path) -> Path:
     for m in mols:
         m.charges, m.properties = None, {}

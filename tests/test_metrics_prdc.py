@@ -81,20 +81,6 @@ def test_prdc_emb_leaves_out_and_counts_unusable_rows(capsys) -> None:
     assert few == {"oracle/unusable": 0.0} and "k=5" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_oracle(tmp_path_factory) -> Path:
-    """A random-init property oracle file (the shipped weights are not needed for wiring tests)."""
-    import torch
-
-    from molgen.config import BackboneConfig
-    from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle
-
-    torch.manual_seed(0)
-    bcfg = BackboneConfig(num_layers=1, scalar_dim=16, vector_dim=4, edge_dim=8, graph_dim=16, cond_dim=8, num_rbf=8)
-    oracle = PropertyOracle(bcfg, ORACLE_PROPERTIES, [0.0] * 6, [1.0] * 6)
-    return oracle.save(tmp_path_factory.mktemp("prdc_oracle") / "o.pt")
-
-
 def test_benchmark_prdc_group(tmp_path, qm9_small_source, tiny_oracle, monkeypatch) -> None:
     from molgen.chem.io import write_xyz
     from molgen.data.qm9 import load_qm9
