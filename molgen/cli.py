@@ -213,6 +213,49 @@ def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_se
     click.echo(f"MLflow run: {run_id}")
 
 
+@cli.command()
+@click.argument("generators", nargs=-1, required=True, metavar="FILE_OR_RUN...")
+@click.option("--reference", default="qm9", show_default=True, help="qm9, moses, or a molecule file.")
+@click.option("--train", "train_file", type=click.Path(dir_okay=False), help="Training molecules for novelty (with a file reference).")
+@click.option("-n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Molecules per generator: sampled for pretrained:NAME / qm9:SPLIT, the first N of a file or run.")
+@click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
+              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all.")
+@click.option("--out", default="compare.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML report (a compare.json with every metric is written beside it).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled generators.")
+@click.option("--steps", type=int, help="Sampling steps of pretrained:NAME generators (default: the model's).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes for RDKit features.")
+@click.option("--name", help="MLflow run name.")
+@click.option("--tracking-uri", help="MLflow tracking URI (also where run ids are looked up).")
+def compare(generators, reference, train_file, n, metric_set, out, seed, steps, device, jobs, name, tracking_uri) -> None:
+    """Score several generators side by side: files, MLflow run ids, pretrained:NAME or qm9:SPLIT.
+
+    One reference and one set of rules for all; writes a self-contained HTML report and one MLflow run.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from molgen.compare import compare as run_compare, log_comparison, resolve_contenders
+    from molgen.compare_report import write_report
+    from molgen.metrics.suite import parse_metric_groups
+    from molgen.report import write_json_document
+
+    parse_metric_groups(metric_set)  # a typo fails before any sampling
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = resolve_contenders(generators, n=n, seed=seed, workdir=Path(tmp), tracking_uri=tracking_uri,
+                                        device=device, steps=steps)
+        comparison = run_compare(contenders, reference=reference, metrics=metric_set, n=n, n_jobs=jobs,
+                                 train=train_file)
+        click.echo(comparison.table_markdown())
+        report = write_report(comparison, out)
+        data_file = write_json_document(comparison.as_json(), Path(out).with_suffix(".json"))
+        click.echo(f"wrote {report} and {data_file}")
+        run_id = log_comparison(comparison, [report, data_file], name=name, tracking_uri=tracking_uri)
+    click.echo(f"MLflow run: {run_id}")
+
+
 @cli.group()
 def data() -> None:
     """Inspect datasets."""

@@ -192,3 +192,42 @@ def property_histograms_png(
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def overlaid_histograms_png(
+    panels: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    bins: int = 50,
+    reference: str = "reference",
+) -> None:
+    """One subplot per panel, every series of a panel overlaid as a density on shared bins.
+
+    ``panels``: title -> {series label -> 1D values}. The series named ``reference`` is drawn as a
+    filled grey histogram, the others as coloured outlines (so several generators stay legible).
+    Panels without finite values are left out; with none at all the PNG is a placeholder.
+    """
+    shown = {title: {k: _finite(v) for k, v in series.items()} for title, series in panels.items()}
+    shown = {title: {k: v for k, v in series.items() if v.size} for title, series in shown.items()}
+    shown = {title: series for title, series in shown.items() if series}
+    if not shown:
+        _placeholder(path, "no values to compare")
+        return
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig = _new_figure(4.2 * cols, 3.2 * rows)
+    for i, (title, series) in enumerate(shown.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        both = np.concatenate(list(series.values()))
+        lo, hi = np.quantile(both, [0.001, 0.999]) if both.size > 100 else (both.min(), both.max())
+        edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo - 0.5, lo + 0.5])
+        colours = iter(f"C{k}" for k in range(10))
+        for label, values in series.items():
+            if label == reference:
+                ax.hist(values, bins=edges, density=True, color="0.75", label=f"{label} ({values.size})")
+            else:
+                ax.hist(values, bins=edges, density=True, histtype="step", linewidth=1.4, color=next(colours, "k"),
+                        label=f"{label} ({values.size})")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,4 +1,4 @@
-"""Outputs of ``molgen benchmark``: the flat JSON report and the MLflow run of an external benchmark."""
+"""Outputs of ``molgen benchmark`` and ``molgen compare``: JSON reports and the MLflow run of an external benchmark."""
 
 from __future__ import annotations
 
@@ -18,6 +18,24 @@ def write_json(metrics: dict[str, float | str], path: str) -> None:
     with atomic_open(path, "w") as fh:
         json.dump(clean, fh, indent=2)
         fh.write("\n")
+
+
+def _finite_or_none(value):
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_document(document: dict, path: str | Path) -> Path:
+    """A nested JSON document (non-finite numbers become null), written atomically; returns ``path``."""
+    with atomic_open(path, "w") as fh:
+        json.dump(_finite_or_none(document), fh, indent=2)
+        fh.write("\n")
+    return Path(path)
 
 
 def log_benchmark(report: BenchmarkReport, file: str, *, name: str | None, tracking_uri: str | None) -> str | None:

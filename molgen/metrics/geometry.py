@@ -405,22 +405,37 @@ def _measure(mols: Sequence[Chem.Mol | None], atom_z: Sequence[np.ndarray | None
     return geometry_features([mols[t] for t in keep], None if zs is None or any(z is None for z in zs) else zs)
 
 
-def geometry_metrics(samples: Sequence[Chem.Mol | None], *, sample_z: Sequence[np.ndarray | None] | None = None,
+def measure_geometry(samples: Sequence[Chem.Mol | None], *, sample_z: Sequence[np.ndarray | None] | None = None,
                      qm9_data=None, reference_mols: Sequence[Chem.Mol | None] | None = None,
                      reference_z: Sequence[np.ndarray | None] | None = None,
-                     cache_dir: str | os.PathLike | None = None, min_count: int = MIN_COUNT) -> dict[str, float]:
-    """The ``geometry`` group for ``samples`` (one entry per input record: the sanitized RDKit
-    molecule with its 3D conformer, ``None`` when invalid) against QM9 (``qm9_data``) or
+                     cache_dir: str | os.PathLike | None = None) -> tuple[GeometryFeatures, GeometryFeatures]:
+    """``(samples, reference)`` measurements: ``samples`` (one entry per input record: the sanitized
+    RDKit molecule with its 3D conformer, ``None`` when invalid) and QM9 (``qm9_data``) or
     ``reference_mols`` (same convention). ``sample_z`` / ``reference_z``: optional atomic numbers
-    per molecule (see :func:`geometry_features`). Records that cannot be measured are counted in
-    ``geometry/unmeasured``."""
+    per molecule (see :func:`geometry_features`)."""
     if qm9_data is not None:
         reference = qm9_reference_geometry(qm9_data, cache_dir)
     elif reference_mols is not None:
         reference = _measure(reference_mols, reference_z)
     else:
-        raise ValueError("geometry_metrics needs qm9_data or reference_mols")
-    feats = _measure(samples, sample_z)
-    out = compare_geometry(feats, reference, min_count)
-    out["geometry/unmeasured"] = float(len(samples) - feats.n_molecules)
+        raise ValueError("measure_geometry needs qm9_data or reference_mols")
+    return _measure(samples, sample_z), reference
+
+
+def score_geometry(samples: GeometryFeatures, reference: GeometryFeatures, n_records: int,
+                   min_count: int = MIN_COUNT) -> dict[str, float]:
+    """The ``geometry`` keys of two measurements; ``n_records`` sample records were offered (those
+    not measured are counted in ``geometry/unmeasured``)."""
+    out = compare_geometry(samples, reference, min_count)
+    out["geometry/unmeasured"] = float(n_records - samples.n_molecules)
     return out
+
+
+def geometry_metrics(samples: Sequence[Chem.Mol | None], *, sample_z: Sequence[np.ndarray | None] | None = None,
+                     qm9_data=None, reference_mols: Sequence[Chem.Mol | None] | None = None,
+                     reference_z: Sequence[np.ndarray | None] | None = None,
+                     cache_dir: str | os.PathLike | None = None, min_count: int = MIN_COUNT) -> dict[str, float]:
+    """The ``geometry`` group (:func:`measure_geometry` then :func:`score_geometry`)."""
+    feats, reference = measure_geometry(samples, sample_z=sample_z, qm9_data=qm9_data, reference_mols=reference_mols,
+                                        reference_z=reference_z, cache_dir=cache_dir)
+    return score_geometry(feats, reference, len(samples), min_count)

@@ -64,6 +64,9 @@ class BenchmarkReport:
     oracle_version: str | None = None
     #: metric groups that could not be computed, with why (e.g. fewer than 2 valid molecules)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: ``(samples, reference)`` :class:`~molgen.metrics.geometry.GeometryFeatures` when the
+    #: ``geometry`` group ran (for plots: ``molgen compare``'s histograms)
+    geometry: tuple | None = None
 
     def as_json(self) -> dict[str, float | str]:
         """The metrics plus ``oracle_version`` when an oracle-dependent group ran and ``skipped/<group>``
@@ -341,18 +344,19 @@ def run_benchmark(
         why_not = "needs a 3D reference (qm9 or a 3D file)"
     if why_not is not None:
         skipped.update({g: why_not for g in sorted(groups & (ORACLE_GROUPS | {"geometry"}) & named)})
-    oracle_version = None
+    oracle_version = geometry = None
     if groups & ORACLE_GROUPS and why_not is None:
         oracle_out, oracle_version = _oracle_groups(records, ref, groups & ORACLE_GROUPS, cache_dir)
         out.update(oracle_out)
     if "geometry" in groups and why_not is None:
-        from molgen.metrics.geometry import geometry_metrics
+        from molgen.metrics.geometry import measure_geometry, score_geometry
 
-        out.update(geometry_metrics([r.mol for r in records], sample_z=[_atomic_numbers(r) for r in records],
-                                    qm9_data=ref.qm9, reference_mols=ref.mols, cache_dir=cache_dir))
+        geometry = measure_geometry([r.mol for r in records], sample_z=[_atomic_numbers(r) for r in records],
+                                    qm9_data=ref.qm9, reference_mols=ref.mols, cache_dir=cache_dir)
+        out.update(score_geometry(*geometry, len(records)))
     return BenchmarkReport(
         out, read, reference, gen_smiles,
         sample_properties={k: list(map(float, v)) for k, v in gen.properties.items()} if gen else {},
         reference_properties={k: list(map(float, v)) for k, v in ref_stats.properties.items()} if gen else {},
-        oracle_version=oracle_version, skipped=skipped,
+        oracle_version=oracle_version, skipped=skipped, geometry=geometry,
     )
