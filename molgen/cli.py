@@ -191,7 +191,8 @@ def evaluate(run_id, pretrained, n, steps, nll_molecules, protocol, prop, guidan
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker processes for RDKit features.")
 @click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
-              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all.")
+              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all (those six); "
+              "physics (MMFF strain, PoseBusters; slow, only by name: all,physics).")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
 def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_set, tracking_uri) -> None:
     """Score a generator's molecules (SMILES/CSV/SDF/XYZ) with the field's metrics."""
@@ -220,7 +221,8 @@ def benchmark(file, reference, train_file, n, column, out, name, jobs, metric_se
 @click.option("-n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Molecules per generator: sampled for pretrained:NAME / qm9:SPLIT, the first N of a file or run.")
 @click.option("--metrics", "metric_set", default="all", show_default=True, metavar="SET",
-              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all.")
+              help="Comma-separated metric groups: basic, moses, fcd, embedding, prdc, geometry, all (those six); "
+              "physics (MMFF strain, PoseBusters; slow, only by name: all,physics).")
 @click.option("--out", default="compare.html", show_default=True, type=click.Path(dir_okay=False),
               help="The HTML report (a compare.json with every metric is written beside it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled generators.")

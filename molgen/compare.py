@@ -65,6 +65,11 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("geometry", "geometry/torsion_w1", "low"),
     ("geometry", "geometry/atom_type_tv", "low"),
     ("geometry", "geometry/bond_type_tv", "low"),
+    ("physics", "physics/pb_valid", "high"),
+    ("physics", "physics/strain", "low"),
+    ("physics", "physics/strain_per_atom", "low"),
+    ("physics", "physics/relax_rmsd", "low"),
+    ("physics", "physics/energy_per_atom", "low"),
 )
 
 

@@ -84,14 +84,15 @@ def test_metrics_unknown_group_is_a_one_line_error(tmp_path) -> None:
     (tmp_path / "s.smi").write_text("CCO\nCN\n")
     proc = molgen("benchmark", str(tmp_path / "s.smi"), "--metrics", "basic,nope", cwd=tmp_path)
     assert proc.returncode == 2
-    assert_one_line_error(proc, "nope", "basic, moses, fcd, embedding, prdc, geometry, all")
+    assert_one_line_error(proc, "nope", "basic, moses, fcd, embedding, prdc, geometry, physics, all")
 
 
 def test_parse_metric_groups() -> None:
     from molgen.errors import MolgenError
     from molgen.metrics.suite import METRIC_GROUPS, parse_metric_groups
 
-    assert parse_metric_groups("all") == set(METRIC_GROUPS)
+    assert parse_metric_groups("all") == set(METRIC_GROUPS) and "physics" not in METRIC_GROUPS  # opt-in
+    assert parse_metric_groups("all,physics") == set(METRIC_GROUPS) | {"physics"}
     assert parse_metric_groups(" fcd, basic ") == {"fcd", "basic"}
     for bad in ("", ",", "Basic"):
         with pytest.raises(MolgenError, match="valid groups"):

@@ -23,7 +23,10 @@ Metric groups (``metrics=``, the CLI's ``--metrics``; ``n``, ``valid`` and ``inv
 - ``prdc``: precision / recall / density / coverage (``precision_emb`` ...) with k-NN balls in the
   same oracle space (:mod:`molgen.metrics.prdc`), same inputs as ``embedding`` (features shared);
 - ``geometry``: bond-length / angle / torsion W1 per type and atom / bond-type total variation
-  (``geometry/*``, :mod:`molgen.metrics.geometry`), for 3D input against a 3D reference only.
+  (``geometry/*``, :mod:`molgen.metrics.geometry`), for 3D input against a 3D reference only;
+- ``physics`` (opt-in, not part of ``all``): MMFF94 energy, strain and relaxation RMSD of each valid
+  molecule and PoseBusters' molecule-level checks (``physics/*``, :mod:`molgen.metrics.physics`),
+  for 3D input, whatever the reference.
 
 A group that is not requested is not computed; one that was named explicitly (not through ``all``)
 but cannot apply to the input or reference is listed in :attr:`BenchmarkReport.skipped` with why.
@@ -87,8 +90,10 @@ def _identity(records: Sequence[MoleculeRecord]) -> list[str]:
     return [s for s in canonical_smiles(records, largest_fragment_only=True, isomeric=False) if s]
 
 
-#: The metric groups of :func:`run_benchmark`, in report order.
+#: The metric groups of :func:`run_benchmark`, in report order (``all`` means these).
 METRIC_GROUPS: tuple[str, ...] = ("basic", "moses", "fcd", "embedding", "prdc", "geometry")
+#: Groups computed only when named (``all,physics``): seconds per hundred molecules.
+OPT_IN_GROUPS: tuple[str, ...] = ("physics",)
 #: Groups computed from the oracle's outputs (one oracle pass serves both).
 ORACLE_GROUPS = frozenset({"embedding", "prdc"})
 
@@ -99,18 +104,19 @@ def _items(spec: str | Iterable[str]) -> list[str]:
 
 
 def parse_metric_groups(spec: str | Iterable[str]) -> frozenset[str]:
-    """``"all"`` or a comma-separated list of :data:`METRIC_GROUPS` -> the set of groups.
+    """``"all"`` or a comma-separated list of :data:`METRIC_GROUPS` and :data:`OPT_IN_GROUPS` -> the
+    set of groups (``all``: every group of :data:`METRIC_GROUPS`; an opt-in group only by name).
 
     Raises:
         MolgenError: for an unknown or empty group list (naming the valid ones).
     """
     items = _items(spec)
-    valid = ", ".join((*METRIC_GROUPS, "all"))
-    unknown = [s for s in items if s != "all" and s not in METRIC_GROUPS]
+    valid = ", ".join((*METRIC_GROUPS, *OPT_IN_GROUPS, "all"))
+    unknown = [s for s in items if s != "all" and s not in METRIC_GROUPS + OPT_IN_GROUPS]
     if unknown or not items:
         what = f"unknown metric group '{unknown[0]}'" if unknown else "no metric group given"
         raise MolgenError(f"{what}; valid groups: {valid}")
-    return frozenset(METRIC_GROUPS) if "all" in items else frozenset(items)
+    return frozenset(METRIC_GROUPS).union(items) - {"all"} if "all" in items else frozenset(items)
 
 
 @dataclass
@@ -273,6 +279,14 @@ def run_benchmark(
             reasons[r.error] = reasons.get(r.error, 0) + 1
     for reason, count in sorted(reasons.items()):
         out[f"invalid/{reason}"] = float(count)
+    physics_skipped = {}
+    if "physics" in groups:  # needs no reference
+        if read.is_3d and any(r.mol3d is not None for r in records):
+            from molgen.metrics.physics import physics_metrics
+
+            out.update(physics_metrics([r.mol if r.mol3d is not None else None for r in records], n_jobs=n_jobs))
+        else:
+            physics_skipped["physics"] = "needs 3D input (XYZ or 3D SDF)"
 
     if reference == "moses":
         if train is not None:
@@ -282,18 +296,18 @@ def run_benchmark(
         out.update(_moses_reference(smiles, groups, n_jobs, cache_dir))
         _property_w1(out)
         why = "the MOSES reference has no 3D coordinates"
-        return BenchmarkReport(out, read, reference, smiles,
-                               skipped={g: why for g in sorted(groups & (ORACLE_GROUPS | {"geometry"}) & named)})
+        return BenchmarkReport(out, read, reference, smiles, skipped={
+            **{g: why for g in sorted(groups & (ORACLE_GROUPS | {"geometry"}) & named)}, **physics_skipped})
 
     from molgen.metrics import moses as M
 
     ref = _load_reference(reference, train, cache_dir)
     gen_smiles = [Chem.MolToSmiles(r.mol, isomericSmiles=ref.isomeric) for r in valid]
     is_3d = read.is_3d and any(r.mol3d is not None for r in records)
-    skipped: dict[str, str] = {}
+    skipped: dict[str, str] = dict(physics_skipped)
     if len(valid) < 2:  # validity, reasons, uniqueness and stability still count; distributions need 2
         why = f"needs at least 2 valid molecules ({len(valid)} of {total} are valid)"
-        skipped = {g: why for g in sorted(groups & {"moses", "fcd", "embedding", "prdc"})}
+        skipped.update({g: why for g in sorted(groups & {"moses", "fcd", "embedding", "prdc"})})
         groups = groups - set(skipped)
     if "basic" in groups:
         ids = _identity(valid)
