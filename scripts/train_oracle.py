@@ -1,187 +1,166 @@
-"""Train the oracle (molgen/oracle.py) on QM9 ``Da`` and report its MAE on ``Db``.
+"""Train the property oracle on QM9 ``Da`` in resumable chunks, export it, and measure it on ``Db``.
 
-EDM's protocol: property regressors are trained on the first half (``Da``) of the QM9 training
-split, early-stopped on the validation split, and their MAE on the second half (``Db``) is the
-"lower bound" row of the conditional table. molgen trains one multi-task regressor for the six
-protocol properties with an L1 loss on normalized targets, for a wall-clock budget, keeping the
-weights with the best validation MAE (early stopping by selection).
+    # a chunk of a campaign (fresh: fixes the architecture and the schedule's length)
+    OMP_NUM_THREADS=1 python scripts/train_oracle.py --minutes 60 [--total-steps 100000]
+        [--layers 4 --scalar-dim 64 --vector-dim 16 --batch-size 128 --lr 1e-3] [--state PATH]
+    # the next chunk: same trajectory, same step count (SIGTERM / Ctrl-C also save the state)
+    OMP_NUM_THREADS=1 python scripts/train_oracle.py --minutes 60 --resume [--state PATH]
+    # any chunk can end with a Db point on the learning curve and/or an export of the best weights
+        ... --eval-db --export molgen/pretrained/oracle.pt
+    # the MAE of the shipped (or --weights) oracle on all 50,000 Db molecules, as JSON
+    python scripts/train_oracle.py --evaluate [--weights PATH] --out mae.json
+    # the learning curve of a campaign (validation MAE and Db points) as Markdown
+    python scripts/train_oracle.py --curve [--state PATH]
 
-Usage::
-
-    python scripts/train_oracle.py [--minutes 75] [--batch-size 128] [--lr 1e-3] [--threads 2]
-        [--device auto] [--valid-n 2000] [--val-every 200] [--out molgen/pretrained/oracle.pt]
-        [--json oracle_mae.json] [--layers 4 --scalar-dim 64 --vector-dim 16]
-
-Writes the weights atomically (with the budget, steps and Db MAE inside) and prints a Markdown table
-of the Db MAE per property next to EDM's classifier.
+The state (default ``data/checkpoints/oracle/state.pt``) holds weights, optimizer, step, epoch and the
+best validation weights (:mod:`molgen.oracle_training`). ``--evaluate`` JSON keys: ``alpha`` (Bohr³),
+``gap`` / ``homo`` / ``lumo`` (meV), ``mu`` (D), ``Cv`` (cal/(mol K)).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from molgen.config import BackboneConfig  # noqa: E402
-from molgen.data.graphs import compute_stats, make_graphs  # noqa: E402
-from molgen.data.qm9 import edm_splits, load_qm9  # noqa: E402
-from molgen.oracle import ORACLE_PROPERTIES, PropertyOracle  # noqa: E402
+from molgen.errors import MolgenError  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
+from molgen.oracle_training import (DISPLAY, OracleData, OracleTrainConfig, TrainingState, best_oracle,  # noqa: E402
+                                    machine_label, mae_display, mae_table, mean_abs_error, new_state, train_chunk)
+from molgen.oracle import ORACLE_PROPERTIES  # noqa: E402
 
-#: EDM's classifier MAE on Db (Hoogeboom et al. 2022, Table 3 "QM9 (lower-bound)"), in user units.
-EDM_LOWER_BOUND = {"alpha": 0.10, "gap": 0.064, "homo": 0.039, "lumo": 0.036, "mu": 0.043, "Cv": 0.040}
-DISPLAY = {"alpha": ("Bohr^3", 1.0), "gap": ("meV", 1000.0), "homo": ("meV", 1000.0),
-           "lumo": ("meV", 1000.0), "mu": ("D", 1.0), "Cv": ("cal/mol/K", 1.0)}
-
-
-def _loader(graphs, batch_size, shuffle, seed=0):
-    from torch_geometric.loader import DataLoader
-
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(graphs, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
+DEFAULT_STATE = "data/checkpoints/oracle/state.pt"
 
 
-@torch.no_grad()
-def mean_abs_error(model, loader, device) -> torch.Tensor:
-    model.eval()
-    total, count = None, 0
-    for b in loader:
-        b = b.to(device)
-        pred = model(b.atom_types, b.pos, b.batch, b.num_graphs)
-        err = (pred - model.std * b.y.view(b.num_graphs, -1) - model.mean).abs().sum(0)
-        total = err if total is None else total + err
-        count += b.num_graphs
-    model.train()
-    return (total / count).cpu()
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(weights: str | None, out: str | None, max_db: int | None, device: torch.device) -> int:
+    from molgen.data.graphs import make_graphs
+    from molgen.data.qm9 import edm_splits, load_qm9
+    from molgen.oracle import load_oracle, oracle_file
+
+    oracle = load_oracle(weights).to(device)
+    data = load_qm9()
+    db = edm_splits(data.num_molecules)["db"]
+    db = db[:max_db] if max_db else db
+    stats = _oracle_stats(oracle)
+    mae = mean_abs_error(oracle, make_graphs(data, db, stats), device)
+    user = dict(zip(ORACLE_PROPERTIES, map(float, mae)))
+    print(f"oracle {weights or oracle_file()} (version {oracle.version}) on {len(db):,} Db molecules:\n")
+    print(mae_table(user))
+    if out:
+        atomic_write_text(out, json.dumps(mae_display(user), indent=2) + "\n")
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _oracle_stats(oracle):
+    """A ``DatasetStats``-like object whose ``normalize`` uses the oracle's own mean/std."""
+    from types import SimpleNamespace
+
+    mean, std = oracle.mean.cpu(), oracle.std.cpu()
+    return SimpleNamespace(properties=list(oracle.properties), normalize=lambda y: (y - mean) / std)
+
+
+def curve(state: TrainingState) -> str:
+    lines = ["| step | epochs | hours | valid score | " + " | ".join(f"{p} ({DISPLAY[p][0]})" for p in ORACLE_PROPERTIES)
+             + " | set |", "|---:|---:|---:|---:|" + "---:|" * len(ORACLE_PROPERTIES) + "---|"]
+    rows = [(h["step"], h["epochs"], h["hours"], f"{h['valid_score']:.4f}", mae_display(h["valid_mae"]), "valid (2k)")
+            for h in state.history]
+    rows += [(h["step"], h["epochs"], h["hours"], "", mae_display(h["mae_db"]), "Db (all)") for h in state.db_history]
+    for step, epochs, hours, score, mae, which in sorted(rows, key=lambda r: (r[0], r[5])):
+        lines.append(f"| {step:,} | {epochs:.2f} | {hours:.2f} | {score} | "
+                     + " | ".join(f"{mae[p]:.4g}" for p in ORACLE_PROPERTIES) + f" | {which} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=75.0, help="wall-clock training budget")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this chunk")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop this chunk after this many steps")
+    ap.add_argument("--state", default=DEFAULT_STATE, help="the campaign's resumable state file")
+    ap.add_argument("--resume", action="store_true", help="continue the campaign in --state")
+    ap.add_argument("--eval-db", action="store_true", help="end the chunk with the best weights' MAE on all of Db")
+    ap.add_argument("--export", metavar="PATH", help="write the best weights as an oracle file (e.g. the shipped one)")
+    ap.add_argument("--evaluate", action="store_true", help="only measure --weights (default: the shipped oracle) on Db")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--out", default=None, help="--evaluate: write the Db MAE per property here as JSON")
+    ap.add_argument("--curve", action="store_true", help="print the campaign's learning curve and exit")
+    ap.add_argument("--max-db", type=int, default=None, help="cap on Db molecules (smoke runs)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--valid-n", type=int, default=2000, help="validation molecules for early stopping")
-    ap.add_argument("--val-every", type=int, default=200)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--scalar-dim", type=int, default=64)
-    ap.add_argument("--vector-dim", type=int, default=16)
-    ap.add_argument("--max-train", type=int, default=None, help="cap on Da molecules (smoke runs)")
-    ap.add_argument("--max-test", type=int, default=None, help="cap on Db molecules (smoke runs)")
-    ap.add_argument("--out", default="molgen/pretrained/oracle.pt")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init", default=None, help="continue from these oracle weights (same architecture)")
+    fresh = ap.add_argument_group("architecture and schedule (fresh campaigns only)")
+    defaults = OracleTrainConfig()
+    for name in ("layers", "scalar_dim", "vector_dim", "batch_size", "lr", "warmup_steps", "total_steps",
+                 "val_every", "valid_n", "seed", "max_train"):
+        default = getattr(defaults, name)
+        fresh.add_argument("--" + name.replace("_", "-"), type=float if name == "lr" else int, default=None,
+                           help=f"default {default}")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
-    torch.manual_seed(args.seed)
-
-    data = load_qm9()
-    splits = edm_splits(data.num_molecules)
-    da, db = splits["da"], splits["db"]
-    valid = splits["valid"][torch.randperm(len(splits["valid"]), generator=torch.Generator().manual_seed(1))]
-    valid = valid[: args.valid_n]
-    if args.max_train:
-        da = da[: args.max_train]
-    if args.max_test:
-        db = db[: args.max_test]
-    stats = compute_stats(data, da, ORACLE_PROPERTIES)
-    train_loader = _loader(make_graphs(data, da, stats), args.batch_size, True, args.seed)
-    valid_loader = _loader(make_graphs(data, valid, stats), 512, False)
-
-    bcfg = BackboneConfig(num_layers=args.layers, scalar_dim=args.scalar_dim, vector_dim=args.vector_dim,
-                          edge_dim=32, graph_dim=args.scalar_dim, cond_dim=32, num_rbf=32, rbf_max=10.0)
-    model = PropertyOracle(bcfg, ORACLE_PROPERTIES, stats.mean, stats.std)
-    previous = {}
-    if args.init:
-        from molgen.oracle import load_oracle
-
-        init = load_oracle(args.init)
-        model = PropertyOracle(init.bcfg, ORACLE_PROPERTIES, stats.mean, stats.std)
-        model.load_state_dict(init.state_dict())
-        previous = init.meta.get("training", {})
-    model = model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    budget = args.minutes * 60.0
-    print(f"oracle: {n_params:,} parameters, Da={len(da)}, valid={len(valid)}, device={device}, "
-          f"budget {args.minutes:g} min", flush=True)
-
-    best, best_state, step, epoch = math.inf, None, 0, 0
-    start = time.perf_counter()
-    done = False
-    while not done:
-        epoch += 1
-        for b in train_loader:
-            elapsed = time.perf_counter() - start
-            if elapsed >= budget:
-                done = True
-                break
-            for group in opt.param_groups:  # warm-up, then cosine over the time budget
-                group["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
-            b = b.to(device)
-            pred = model.forward_normalized(b.atom_types, b.pos, b.batch, b.num_graphs)
-            loss = (pred - b.y.view(b.num_graphs, -1)).abs().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            step += 1
-            if step % args.val_every == 0:
-                mae = mean_abs_error(model, valid_loader, device)
-                score = float((mae / model.std.cpu()).mean())
-                if score < best:
-                    best = score
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                print(f"step {step} epoch {epoch} {elapsed / 60:.1f} min loss {float(loss.detach()):.4f} "
-                      f"valid normalized MAE {score:.4f} (best {best:.4f})", flush=True)
-    train_minutes = (time.perf_counter() - start) / 60
-    if best_state is not None:
-        mae_valid = mean_abs_error(model, valid_loader, device)
-        if float((mae_valid / model.std.cpu()).mean()) > best:
-            model.load_state_dict(best_state)
-
-    t0 = time.perf_counter()
-    test_loader = _loader(make_graphs(data, db, stats), 512, False)
-    mae_db = mean_abs_error(model, test_loader, device)
-    eval_s = time.perf_counter() - t0
-    if previous:  # a continued run reports the whole training history
-        step += previous.get("steps", 0)
-        epoch += previous.get("epochs", 0)
-        train_minutes += previous.get("train_minutes", 0.0)
-    result = {
-        "mae_db": {p: float(v) for p, v in zip(ORACLE_PROPERTIES, mae_db)},
-        "n_db": len(db), "n_da": len(da), "steps": step, "epochs": epoch, "train_minutes": round(train_minutes, 1),
-        "batch_size": args.batch_size, "lr": args.lr, "parameters": n_params, "device": str(device),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-                   if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "command": "python scripts/train_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
-    if previous:
-        result["command"] = previous.get("command", "") + " ; then " + result["command"]
-    model.cpu().save(args.out, training=result)
-    print(f"\nwrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB); Db evaluation {eval_s:.0f} s\n")
-    print("| property | unit | molgen oracle MAE on Db | EDM classifier | ratio |")
-    print("|---|---|---|---|---|")
-    for p in ORACLE_PROPERTIES:
-        unit, f = DISPLAY[p]
-        ours, edm = result["mae_db"][p] * f, EDM_LOWER_BOUND[p] * f
-        print(f"| {p} | {unit} | {ours:.4g} | {edm:.4g} | {ours / edm:.2f}x |")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    device = _device(args.device)
+    try:
+        if args.evaluate:
+            return evaluate(args.weights, args.out, args.max_db, device)
+        state_path = Path(args.state)
+        if args.curve:
+            print(curve(TrainingState.load(state_path)))
+            return 0
+        given = {k: getattr(args, k) for k in ("layers", "scalar_dim", "vector_dim", "batch_size", "lr",
+                                                 "warmup_steps", "total_steps", "val_every", "valid_n", "seed",
+                                                 "max_train") if getattr(args, k) is not None}
+        if args.resume:
+            if not state_path.is_file():
+                raise MolgenError(f"--resume: no training state at {state_path}")
+            if given:
+                raise MolgenError(f"--resume keeps the campaign's settings; drop {', '.join('--' + k for k in given)}")
+            state = TrainingState.load(state_path)
+        elif state_path.is_file():
+            raise MolgenError(f"{state_path} holds a campaign already: add --resume, or pick another --state")
+        else:
+            state = None
+        cfg = state.config if state else OracleTrainConfig(**given)
+        data = OracleData(cfg, max_db=args.max_db)
+        state = state or new_state(cfg, data)
+        state.commands.append("python scripts/train_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        state.machines.append(machine_label())
+        print(f"oracle campaign {state_path}: step {state.step:,} of {cfg.total_steps:,}, Da={len(data.train):,}, "
+              f"valid={len(data.valid):,}, device={device}, chunk budget {args.minutes:g} min", flush=True)
+        state = train_chunk(state, data, minutes=args.minutes, device=device, max_steps=args.max_steps,
+                            log=lambda s: print(s, flush=True))
+        print(f"chunk ended ({state.stopped_by}) at step {state.step:,}, epoch {state.epoch} "
+              f"(+{state.batch_in_epoch} batches), {state.train_seconds / 3600:.2f} h of training in all")
+        if args.eval_db:
+            oracle = best_oracle(state, data).to(device)
+            mae = mean_abs_error(oracle, data.db(), device)
+            user = dict(zip(ORACLE_PROPERTIES, map(float, mae)))
+            state.db_history.append({"step": state.step, "epochs": round(state.step * cfg.batch_size / len(data.train), 3),
+                                     "hours": round(state.train_seconds / 3600, 4), "mae_db": user,
+                                     "n_db": len(data.db_rows)})
+            print(f"\nbest weights on {len(data.db_rows):,} Db molecules:\n{mae_table(user)}\n")
+        state.save(state_path)
+        print(f"saved {state_path}; continue with: python scripts/train_oracle.py --minutes M --resume"
+              + ("" if args.state == DEFAULT_STATE else f" --state {args.state}"))
+        if args.export:
+            training = {"steps": state.step, "epochs": round(state.step * cfg.batch_size / len(data.train), 2),
+                        "train_hours": round(state.train_seconds / 3600, 3), "commands": state.commands,
+                        "machines": state.machines, "best_valid_score": state.best_score,
+                        "mae_db": state.db_history[-1]["mae_db"] if state.db_history else None}
+            best_oracle(state, data).cpu().save(args.export, training=training)
+            print(f"exported the best weights to {args.export}")
+    except MolgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
