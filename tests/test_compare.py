@@ -61,15 +61,17 @@ def files(tmp_path, qm9):
 def test_compare_files_and_a_run_end_to_end(files, qm9_cache) -> None:
     from mlflow.tracking import MlflowClient
 
+    from molgen.tracking import Tracker
+
     tmp = files
+    uri = f"sqlite:///{tmp}/mlruns.db"
+    with Tracker(uri, "molgen-benchmarks", run_name="noisy") as tracker:  # a run holding a molecule file
+        tracker.log_artifact(tmp / "noisy.xyz", "input")
+        run_id = tracker.run_id
     env = {"MOLGEN_CACHE": qm9_cache, "MLFLOW_TRACKING_URI": ""}
-    bench = molgen("benchmark", str(tmp / "noisy.xyz"), "--reference", str(tmp / "ref.sdf"), "--metrics", "basic",
-                   cwd=tmp, env=env)
-    assert bench.returncode == 0, bench.stderr[-2000:]
-    run_id = bench.stdout.strip().splitlines()[-1].split()[-1]
     proc = molgen("compare", str(tmp / "good.sdf"), str(tmp / "noisy.xyz"), run_id, "qm9:test", "-n", "40",
                   "--reference", str(tmp / "ref.sdf"), "--metrics", "basic,geometry", "--jobs", "1",
-                  "--out", str(tmp / "report.html"), cwd=tmp, env=env)
+                  "--out", str(tmp / "report.html"), "--tracking-uri", uri, cwd=tmp, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp / "report.json").read_text())
     rows = {c["label"]: c for c in data["contenders"]}
@@ -90,7 +92,7 @@ def test_compare_files_and_a_run_end_to_end(files, qm9_cache) -> None:
     assert "★" in stability_row
     assert sum(line.startswith("| ") for line in proc.stdout.splitlines()) == 5  # the table: header + 4 rows
 
-    client = MlflowClient(f"sqlite:///{tmp}/mlruns.db")
+    client = MlflowClient(uri)
     cmp_run = client.get_run(proc.stdout.strip().splitlines()[-1].split()[-1])
     assert cmp_run.data.tags["molgen.kind"] == "compare"
     assert cmp_run.data.metrics["good/atom_stability"] == pytest.approx(good["atom_stability"])
@@ -99,10 +101,14 @@ def test_compare_files_and_a_run_end_to_end(files, qm9_cache) -> None:
 
 
 def test_compare_bad_input_is_one_line(tmp_path, files) -> None:
+    from molgen.compare import resolve_contenders
+    from molgen.errors import MolgenError
+
     good = str(files / "good.sdf")
     assert_one_line_error(molgen("compare", good, cwd=tmp_path), "at least 2")
     assert_one_line_error(molgen("compare", good, "nothing-here", cwd=tmp_path), "not a file")
-    assert_one_line_error(molgen("compare", good, "pretrained:nope", cwd=tmp_path), "no shipped model")
-    assert_one_line_error(molgen("compare", good, "qm9:tset", cwd=tmp_path), "unknown QM9 split")
-    assert_one_line_error(molgen("compare", good, good, "--metrics", "bogus", cwd=tmp_path), "unknown metric group")
-    assert_one_line_error(molgen("compare", good, "0" * 32, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""}), "0" * 32)
+    for spec, message in (("pretrained:nope", "no shipped model"), ("qm9:tset", "unknown QM9 split"),
+                          ("0" * 32, "no MLflow run")):
+        with pytest.raises(MolgenError, match=message):
+            resolve_contenders([good, spec], n=5, seed=0, workdir=tmp_path / "w",
+                               tracking_uri=f"sqlite:///{tmp_path}/mlruns.db")
