@@ -308,6 +308,25 @@ def test_sdf_3d_round_trip(tmp_path: Path) -> None:
     ]
 
 
+def test_sdf_record_without_coordinates_keeps_the_file_3d(tmp_path: Path) -> None:
+    """A molecule written without a structure (a failed embedding: every atom at the origin, as
+    write_sdf writes NaN positions) is counted as ``no_coordinates`` and unstable; the others stay 3D."""
+    from molgen.chem.stability import stability_counts
+
+    good = [_embedded("CCO"), _embedded("CC=O")]
+    failed = _embedded("OCC#N")
+    failed.bonds = np.zeros((failed.num_atoms, failed.num_atoms), dtype=np.int64)
+    failed.positions = np.full_like(failed.positions, np.nan)
+    write_sdf([good[0], failed, good[1]], tmp_path / "mixed.sdf")
+    result = read_molecules(tmp_path / "mixed.sdf")
+    _check_counts(result)
+    assert result.is_3d and result.n_valid == 2
+    assert [r.error for r in result.records] == [None, "no_coordinates", None]
+    assert np.isnan(result.records[1].mol3d.positions).all()
+    counts = stability_counts([r.mol3d for r in result.records])
+    assert counts["mol_stability"] == pytest.approx(2 / 3)  # the molecule without a structure counts, unstable
+
+
 def test_sdf_corrupt_record_among_good_ones(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     blocks = []
     for i, smi in enumerate(["CCO", "c1ccccc1", "CCN", "C(C)(C)(C)(C)C"]):

@@ -30,7 +30,10 @@ Counting rules (a benchmark's validity is ``n_valid / n_total``):
 - for 3D inputs (3D SDF, XYZ) each record also carries a :class:`~molgen.chem.elements.Molecule3D`
   (valid or not, so 3D metrics such as stability can see every molecule); an element outside
   H C N O F there makes the record invalid as ``unsupported_element``. SMILES and 2D SDF accept
-  any element (MOSES molecules contain S, Cl, Br).
+  any element (MOSES molecules contain S, Cl, Br). A record of a 3D SDF with every atom at the origin
+  (how molgen writes a molecule whose conformer embedding failed) is invalid as ``no_coordinates``;
+  its :class:`~molgen.chem.elements.Molecule3D` has NaN positions, so stability counts it unstable,
+  and it does not turn the file into a 2D one.
 
 Input that cannot be read at all (missing file, directory, permission denied, empty, binary,
 unknown extension, a ``column=`` that does not exist) raises a one-line

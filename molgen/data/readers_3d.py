@@ -60,6 +60,14 @@ def _sdf_numeric_fields(block: str) -> dict[str, float]:
     return out
 
 
+def _no_coordinates(m: Chem.Mol) -> bool:
+    """A record of two or more atoms all at the origin: a molecule written without a structure
+    (molgen writes a failed conformer embedding so), which says nothing about the file being 2D."""
+    if m.GetNumAtoms() < 2 or m.GetNumConformers() == 0:
+        return False
+    return not np.asarray(m.GetConformer().GetPositions()).any()
+
+
 def _molecule3d_from_rdkit(m: Chem.Mol, properties: dict[str, float]) -> Molecule3D:
     """The given atoms (hydrogens as in the file), 3D positions and formal charges of ``m``."""
     types = np.array(
@@ -87,9 +95,8 @@ def _read_sdf(text: str, max_atoms: int) -> tuple[list[MoleculeRecord], bool]:
         parsed.append((block, title, good, raw))
 
     readable = [raw for _, _, _, raw in parsed if raw is not None and raw.GetNumAtoms() > 0]
-    is_3d = bool(readable) and all(
-        m.GetNumConformers() > 0 and m.GetConformer().Is3D() for m in readable
-    )
+    placed = [m for m in readable if not _no_coordinates(m)]
+    is_3d = bool(placed) and all(m.GetNumConformers() > 0 and m.GetConformer().Is3D() for m in placed)
 
     # pass 2: classify
     records: list[MoleculeRecord] = []
@@ -110,6 +117,10 @@ def _read_sdf(text: str, max_atoms: int) -> tuple[list[MoleculeRecord], bool]:
             continue
         if is_3d:
             record.mol3d = _molecule3d_from_rdkit(raw, _sdf_numeric_fields(block))
+            if _no_coordinates(raw):  # counted by the 3D metrics as a molecule without a structure
+                record.mol3d.positions = np.full_like(record.mol3d.positions, np.nan)
+                record.error = "no_coordinates"
+                continue
         if good is None:
             record.error = sanitize(raw)[1] or "other"
         else:

@@ -19,6 +19,7 @@ ERROR_REASONS: tuple[str, ...] = (
     "too_many_atoms",  # more than max_atoms atoms, hydrogens included
     "empty",  # no atoms (an empty CSV cell, an SDF record without atoms, an XYZ block of 0 atoms)
     "corrupt_record",  # an SDF / XYZ record that cannot be parsed
+    "no_coordinates",  # a record of a 3D file with every atom at the origin (e.g. a failed embedding)
     "other",  # any other RDKit rejection
 )
 
