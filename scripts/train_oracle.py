@@ -140,6 +140,7 @@ def main(argv=None) -> int:
                             log=lambda s: print(s, flush=True))
         print(f"chunk ended ({state.stopped_by}) at step {state.step:,}, epoch {state.epoch} "
               f"(+{state.batch_in_epoch} batches), {state.train_seconds / 3600:.2f} h of training in all")
+        state.save(state_path)  # before the Db evaluation: a signal during it keeps the chunk
         if args.eval_db:
             oracle = best_oracle(state, data).to(device)
             mae = mean_abs_error(oracle, data.db(), device)
