@@ -18,7 +18,6 @@ one run (up to floating-point reduction order across thread counts).
 from __future__ import annotations
 
 import math
-import platform
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,12 +101,6 @@ class TrainingState:
         payload["config"] = from_dict(OracleTrainConfig, payload["config"], "config.")
         payload["best_model"] = payload.get("best_model") or None
         return cls(**payload)
-
-
-def machine_label() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
 
 
 class OracleData:

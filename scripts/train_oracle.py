@@ -31,10 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from molgen.errors import MolgenError  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
 from molgen.oracle_training import (DISPLAY, OracleData, OracleTrainConfig, TrainingState, best_oracle,  # noqa: E402
-                                    machine_label, mae_display, mae_table, mean_abs_error, new_state, train_chunk)
+                                    mae_display, mae_table, mean_abs_error, new_state, train_chunk)
+from molgen.machine import describe_machine  # noqa: E402
 from molgen.oracle import ORACLE_PROPERTIES  # noqa: E402
 
 DEFAULT_STATE = "data/checkpoints/oracle/state.pt"
+#: OracleTrainConfig fields settable from the command line (fresh campaigns only)
+CONFIG_FLAGS = ("layers", "scalar_dim", "vector_dim", "batch_size", "lr", "warmup_steps", "total_steps",
+                "val_every", "valid_n", "seed", "max_train")
 
 
 def _device(name: str) -> torch.device:
@@ -100,8 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     fresh = ap.add_argument_group("architecture and schedule (fresh campaigns only)")
     defaults = OracleTrainConfig()
-    for name in ("layers", "scalar_dim", "vector_dim", "batch_size", "lr", "warmup_steps", "total_steps",
-                 "val_every", "valid_n", "seed", "max_train"):
+    for name in CONFIG_FLAGS:
         default = getattr(defaults, name)
         fresh.add_argument("--" + name.replace("_", "-"), type=float if name == "lr" else int, default=None,
                            help=f"default {default}")
@@ -116,9 +119,7 @@ def main(argv=None) -> int:
         if args.curve:
             print(curve(TrainingState.load(state_path)))
             return 0
-        given = {k: getattr(args, k) for k in ("layers", "scalar_dim", "vector_dim", "batch_size", "lr",
-                                                 "warmup_steps", "total_steps", "val_every", "valid_n", "seed",
-                                                 "max_train") if getattr(args, k) is not None}
+        given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
         if args.resume:
             if not state_path.is_file():
                 raise MolgenError(f"--resume: no training state at {state_path}")
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         data = OracleData(cfg, max_db=args.max_db)
         state = state or new_state(cfg, data)
         state.commands.append("python scripts/train_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv))
-        state.machines.append(machine_label())
+        state.machines.append(describe_machine())
         print(f"oracle campaign {state_path}: step {state.step:,} of {cfg.total_steps:,}, Da={len(data.train):,}, "
               f"valid={len(data.valid):,}, device={device}, chunk budget {args.minutes:g} min", flush=True)
         state = train_chunk(state, data, minutes=args.minutes, device=device, max_steps=args.max_steps,
