@@ -103,6 +103,7 @@ class SmilesARConfig(ConditioningConfig):
     max_len: int = 96  # tokens per string, end token included (QM9's longest explicit-H SMILES: 65)
     constrained: bool = True  # grammar mask at sampling and in the likelihood (module docstring)
     scaffold_prob: float = 0.5  # training: use the molecule's Murcko scaffold as memory
+    scaffold_memory: bool = True  # build the scaffold encoder (False: no scaffolds, e.g. the VAE's decoder)
     sample_batch_size: int = 500
 
 
@@ -171,8 +172,9 @@ class SmilesAR(Generator):
         self.pos_emb = nn.Embedding(fc.max_len, d)
         self.rem_emb = nn.Embedding(stats.max_atoms + 1, d)  # atoms still to place
         # scaffold memory: the shared backbone on (one-hot element, formal charge) of scaffold atoms
-        self.scaffold_net = EquivariantBackbone(self.num_types + 1, cfg.backbone)
-        self.mem_proj = nn.Linear(cfg.backbone.scalar_dim, d)
+        if fc.scaffold_memory:
+            self.scaffold_net = EquivariantBackbone(self.num_types + 1, cfg.backbone)
+            self.mem_proj = nn.Linear(cfg.backbone.scalar_dim, d)
         self.null_memory = nn.Parameter(torch.randn(d) * 0.02)
         self.blocks = nn.ModuleList([DecoderBlock(d, fc.num_heads, fc.ff_mult, fc.dropout)
                                      for _ in range(fc.num_layers)])
@@ -189,6 +191,8 @@ class SmilesAR(Generator):
         have = [i for i, s in enumerate(scaffolds) if s is not None and s.types.numel() > 0]
         if not have:
             return null, torch.ones(B, 1, dtype=torch.bool, device=device)
+        if not self.fc.scaffold_memory:
+            raise MolgenError("this model was built without a scaffold encoder (family.scaffold_memory=false)")
         types = torch.cat([scaffolds[i].types for i in have]).to(device)
         charges = torch.cat([scaffolds[i].charges for i in have]).to(device)
         pos = torch.cat([scaffolds[i].pos for i in have]).to(device, dtype)
@@ -220,19 +224,21 @@ class SmilesAR(Generator):
         return self.drop(x)
 
     def forward_tokens(self, ids: Tensor, n_atoms: Tensor, y: Tensor, y_mask: Tensor,
-                       memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                       memory: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None) -> Tensor:
         """Raw next-token logits ``[B, T, V]`` for inputs ``ids [B, T]`` (``ids[:, 0]`` = ``<bos>``).
 
         Args:
             n_atoms: ``[B]`` requested atom counts N.
             y, y_mask: ``[B, P]`` normalized labels and mask.
             memory: from :meth:`encode_memory` (default: no scaffold).
+            extra: ``[B, d]`` added to the condition vector (the VAE's latent; default none).
         """
         B = ids.shape[0]
         if memory is None:
             memory = self.encode_memory([None] * B)
         remaining = n_atoms[:, None] - self.vocab.is_atom.to(ids.device)[ids].long().cumsum(1)
-        x = self._embed(ids, 0, remaining, self.condition(y, y_mask))
+        cond = self.condition(y, y_mask)
+        x = self._embed(ids, 0, remaining, cond if extra is None else cond + extra)
         for block in self.blocks:
             x = block(x, *memory)
         return self.head(self.ln_f(x))
@@ -291,18 +297,23 @@ class SmilesAR(Generator):
             out.append(Scaffold(types=batch.atom_types[sel], charges=batch.charges[sel], pos=batch.pos[sel]))
         return out
 
-    def token_log_probs(self, batch: Any, train: bool) -> tuple[Tensor, dict[str, Any]]:
-        """Constrained log-probability of each target token ``[B, T]`` (0 at padding), and the encoding."""
+    def token_log_probs(self, batch: Any, train: bool, labels: tuple[Tensor, Tensor] | None = None,
+                        extra: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """Constrained log-probability of each target token ``[B, T]`` (0 at padding), and the encoding.
+
+        ``labels``: ``(y, y_mask)`` to use instead of the batch's (dropped at random in training);
+        ``extra``: see :meth:`forward_tokens`.
+        """
         enc = self.encode_batch(batch)
-        y, y_mask = self.labels(batch, train)
+        y, y_mask = self.labels(batch, train) if labels is None else labels
         B = batch.num_graphs
-        if train:
+        if train and self.fc.scaffold_prob > 0:
             use = torch.rand(B, device=batch.pos.device) < self.fc.scaffold_prob
             memory = self.encode_memory(self.training_scaffolds(batch, enc["records"], use))
         else:
             memory = self.encode_memory([None] * B)
         n = enc["n_atoms"]
-        logits = self.forward_tokens(enc["inputs"], n, y, y_mask, memory)
+        logits = self.forward_tokens(enc["inputs"], n, y, y_mask, memory, extra)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 under bf16 autocast
         targets = enc["targets"]
         is_atom = self.vocab.is_atom.to(targets.device)[targets].long()
@@ -396,12 +407,13 @@ class SmilesAR(Generator):
 
     def _decode(self, counts: Tensor, experts: list[tuple[Tensor, Tensor, Tensor]],
                 scaffolds: list[Scaffold | None], temperature: float, top_k: int | None, top_p: float | None,
-                gen: torch.Generator, progress: bool, constrained: bool = False) -> list[list[int]]:
+                gen: torch.Generator, progress: bool, constrained: bool = False,
+                extra: Tensor | None = None) -> list[list[int]]:
         """Token ids (up to and excluding ``<eos>``) of one chunk, by cached incremental decoding.
 
         ``experts``: the weighted label sets of :func:`molgen.sampling.guidance.guidance_experts`; the
         K sets run as one batch of ``K * B`` strings that share their tokens, and the next-token
-        logits are ``sum_k c_k logits_k``.
+        logits are ``sum_k c_k logits_k``. ``extra [B, d]`` is added to every expert's condition vector.
         """
         device, v, L = self.device, self.vocab, self.fc.max_len
         B = counts.numel()
@@ -409,6 +421,8 @@ class SmilesAR(Generator):
         reps = len(experts)
         mem = self.encode_memory(scaffolds)
         cond = torch.cat([self.condition(y_k, m_k) for y_k, m_k, _ in experts])
+        if extra is not None:
+            cond = cond + extra.to(cond.dtype).repeat(reps, 1)
         coef = torch.stack([c for _, _, c in experts]).float()[:, :, None]  # [K, B, 1]
         if reps > 1:
             mem = (mem[0].repeat(reps, 1, 1), mem[1].repeat(reps, 1))

@@ -18,7 +18,9 @@ Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
   embedding + a linear map of ``(z, c)``); per slot a categorical over atom types and over the
   formal charge (-1, 0, +1; ``include_charges``), per pair ``i < j`` a categorical over the bond
   order (0 none, 1, 2, 3) from a symmetric pair feature (:mod:`molgen.nn.graph_decoder`).
-  Factorized given ``z``.
+  Factorized given ``z``. With ``decoder: smiles`` the decoder is instead a SMILES language model
+  ``p(s | z, y, N)`` with the grammar / valence mask (:mod:`molgen.models.vae_smiles`): strictly
+  valid molecules by construction, and an autoregressive decoder that needs ``z`` to tell molecules apart.
 - **Node order.** Reconstruction needs one: the target graph is the molecule's source SMILES
   (``batch.smiles``) with hydrogens added, kekulized, atoms in molgen's canonical order (heavy
   atoms, then hydrogens, each by RDKit's canonical ranking; :func:`molgen.chem.molgraph.canonical_graph`).
@@ -40,7 +42,8 @@ Training minimizes the negative ELBO per atom with the KL weighted by ``kl_weigh
 (``free_bits`` nats per latent dimension, see :meth:`GraphVAE.loss`); labels are dropped as in the
 point-cloud families (``cond_drop_prob``, ``prop_drop_prob``).
 
-Sampling draws ``z ~ p(z | y)`` and decodes each categorical by its most likely value (argmax).
+Sampling draws ``z ~ p(z | y)`` and decodes each categorical by its most likely value (argmax);
+the smiles decoder draws tokens from ``p(s | z, y, N)`` (``temperature``, ``top_k``).
 ``steps`` is ignored (one decoder pass). ``guidance`` w is classifier-free guidance on the
 decoder's logits, ``(1 + w) l(z, y) - w l(z, no labels)`` (0: none; ``composition=product``: one
 expert per property, :mod:`molgen.sampling.guidance`); the prior stays ``p(z | y)``.
@@ -63,10 +66,11 @@ from molgen.chem.molgraph import MolGraph, canonical_graph, embed_graph
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
-from molgen.models.base import Generator, SampleChunk, register
+from molgen.models.base import Generator, SampleChunk, register, sampling_generator
 from molgen.models.conditioning import ConditioningConfig
 from molgen.models.options import SampleOptions
 from molgen.models.pointcloud import AtomFeatureConfig, atom_features, feature_dim
+from molgen.models.vae_smiles import SmilesLatentDecoder
 from molgen.nn.graph import remove_mean
 from molgen.nn.backbone import EquivariantBackbone
 from molgen.nn.conditioning import ConditionEncoder
@@ -83,6 +87,7 @@ class VAEConfig(ConditioningConfig, AtomFeatureConfig):
     """
 
     sample_batch_size: int = 500
+    decoder: str = "graph"  # graph: one-shot slot decoder; smiles: constrained string decoder (vae_smiles)
     latent_dim: int = 64
     decoder_dim: int = 256
     decoder_layers: int = 4
@@ -90,6 +95,26 @@ class VAEConfig(ConditioningConfig, AtomFeatureConfig):
     kl_weight: float = 1.0
     free_bits: float = 0.1
     elbo_samples: int = 1
+    decoder_dropout: float = 0.0  # smiles decoder only
+    max_len: int = 96  # smiles decoder only: tokens per string, end token included
+    temperature: float = 1.0  # smiles decoder only: sampling temperature of the tokens
+    top_k: int | None = None  # smiles decoder only: keep the k most likely tokens (1: greedy)
+
+
+@dataclass(frozen=True)
+class VAESampleOptions(SampleOptions):
+    """``vae``'s sampler options; ``temperature`` and ``top_k`` apply to the smiles decoder (the graph
+    decoder takes each categorical's most likely value)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.temperature > 0:
+            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
+        if self.top_k is not None and self.top_k < 1:
+            raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
 
 
 class GraphTargets(NamedTuple):
@@ -139,6 +164,7 @@ class GraphVAE(Generator):
     """Conditional graph VAE (see the module docstring)."""
 
     config_cls = VAEConfig
+    options_cls = VAESampleOptions
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
@@ -147,14 +173,20 @@ class GraphVAE(Generator):
         self.feat_dim = feature_dim(fc, self.num_types)
         if fc.latent_dim < 1 or fc.elbo_samples < 1:
             raise MolgenError("family.latent_dim and family.elbo_samples must be at least 1")
+        if fc.decoder not in ("graph", "smiles"):
+            raise MolgenError(f"family.decoder must be graph or smiles, got {fc.decoder!r}")
         self.encoder = EquivariantBackbone(self.feat_dim, bcfg)
         self.to_latent = nn.Linear(bcfg.graph_dim, 2 * fc.latent_dim)
         self.cond = ConditionEncoder(len(stats.properties), bcfg.cond_dim, use_time=False)
         self.to_prior = nn.Linear(bcfg.cond_dim, 2 * fc.latent_dim)
         nn.init.zeros_(self.to_prior.weight)  # p(z | y) starts as N(0, I)
         nn.init.zeros_(self.to_prior.bias)
-        self.decoder = GraphDecoder(fc.latent_dim, bcfg.cond_dim, stats.max_atoms, self.num_types,
-                                    fc.include_charges, fc.decoder_dim, fc.decoder_layers, fc.decoder_heads)
+        if fc.decoder == "smiles":
+            self.decoder = SmilesLatentDecoder(cfg, stats, fc.latent_dim, fc.decoder_dim, fc.decoder_layers,
+                                               fc.decoder_heads, fc.decoder_dropout, fc.max_len)
+        else:
+            self.decoder = GraphDecoder(fc.latent_dim, bcfg.cond_dim, stats.max_atoms, self.num_types,
+                                        fc.include_charges, fc.decoder_dim, fc.decoder_layers, fc.decoder_heads)
 
     # ------------------------------------------------------------------ the three distributions
     def encode(self, batch: Any) -> tuple[Tensor, Tensor]:
@@ -225,18 +257,29 @@ class GraphVAE(Generator):
         return MolGraph.from_bond_matrix(types, batch.charges[sl].cpu().numpy(), bond_order_matrix(types, pos))
 
     # ------------------------------------------------------------------ protocol
+    def reconstruction(self, batch: Any, z: Tensor, c: Tensor, y: Tensor, y_mask: Tensor, train: bool,
+                       targets: GraphTargets | None = None) -> tuple[Tensor, Tensor]:
+        """``log p(G | z, y, N)`` nats ``[B]`` and ``ok [B]`` (False: the graph has no target; ``-inf``)."""
+        if self.fc.decoder == "smiles":
+            lp, ok = self.decoder.log_prob(batch, z, y, y_mask, train)
+            return torch.where(ok, lp, torch.full_like(lp, float("-inf"))), ok
+        targets = self.graph_targets(batch) if targets is None else targets
+        lp = self.log_prob_graph(self.decoder(z, c, targets.counts), targets)
+        return lp, torch.ones_like(lp, dtype=torch.bool)
+
     def _elbo_terms(self, batch: Any, train: bool, samples: int = 1) -> dict[str, Tensor]:
-        targets = self.graph_targets(batch)
+        targets = self.graph_targets(batch) if self.fc.decoder == "graph" else None
         mu, logvar = self.encode(batch)
         y, y_mask = self.labels(batch, train)
         c, mu_p, logvar_p = self.prior(y, y_mask)
         std = torch.exp(0.5 * logvar)
-        recon = sum(
-            self.log_prob_graph(self.decoder(mu + std * torch.randn_like(mu), c, targets.counts), targets)
-            for _ in range(samples)
-        ) / samples
+        recon = 0.0
+        for _ in range(samples):
+            lp, ok = self.reconstruction(batch, mu + std * torch.randn_like(mu), c, y, y_mask, train, targets)
+            recon = recon + lp / samples
         kl_dims = gaussian_kl(mu, logvar, mu_p, logvar_p, reduce=False)  # [B, d]
-        return {"recon": recon, "kl": kl_dims.sum(-1), "kl_dims": kl_dims, "counts": targets.counts}
+        counts = torch.bincount(batch.batch, minlength=batch.num_graphs)
+        return {"recon": recon, "ok": ok, "kl": kl_dims.sum(-1), "kl_dims": kl_dims, "counts": counts}
 
     def loss(self, batch: Any) -> dict[str, Tensor]:
         """Negative ELBO per atom (KL weighted by ``kl_weight``, with free bits), averaged over molecules.
@@ -247,10 +290,13 @@ class GraphVAE(Generator):
         learned to read ``z``. The reported ELBO (``log_likelihood``) always uses the full KL.
         """
         out = self._elbo_terms(batch, train=True)
-        kl_dims = out["kl_dims"]
-        penalized = (kl_dims.detach().mean(0) >= self.fc.free_bits).to(kl_dims.dtype)  # [d]
-        per_mol = (-out["recon"] + self.fc.kl_weight * (kl_dims * penalized).sum(-1)) / out["counts"]
-        return {"loss": per_mol.mean(), "recon": (-out["recon"]).mean().detach(), "kl": out["kl"].mean().detach()}
+        kl_dims, ok = out["kl_dims"], out["ok"]
+        penalized = (kl_dims.detach()[ok].mean(0) >= self.fc.free_bits).to(kl_dims.dtype)  # [d]
+        recon = torch.where(ok, out["recon"], torch.zeros_like(out["recon"]))  # no target: not trained on
+        per_mol = (-recon + self.fc.kl_weight * (kl_dims * penalized).sum(-1)) / out["counts"]
+        n_ok = ok.sum().clamp(min=1)
+        return {"loss": (per_mol * ok).sum() / n_ok, "recon": -(recon.sum() / n_ok).detach(),
+                "kl": (out["kl"] * ok).sum().detach() / n_ok}
 
     def log_likelihood(self, batch: Any) -> Tensor:
         """The ELBO (a lower bound of log p(G, N | y)), nats per molecule ``[B]``; see the module docstring."""
@@ -262,7 +308,7 @@ class GraphVAE(Generator):
         """The IWAE bound with ``k`` importance samples, nats per molecule ``[B]`` (>= the ELBO on average)."""
         if k < 1:
             raise MolgenError("k must be at least 1")
-        targets = self.graph_targets(batch)
+        targets = self.graph_targets(batch) if self.fc.decoder == "graph" else None
         mu, logvar = self.encode(batch)
         y, y_mask = self.labels(batch, train=False)
         c, mu_p, logvar_p = self.prior(y, y_mask)
@@ -270,25 +316,36 @@ class GraphVAE(Generator):
         log_w = []
         for _ in range(k):
             z = mu + std * torch.randn_like(mu)
-            log_w.append(self.log_prob_graph(self.decoder(z, c, targets.counts), targets)
-                         + gaussian_log_prob(z, mu_p, logvar_p) - gaussian_log_prob(z, mu, logvar))
+            lp, _ = self.reconstruction(batch, z, c, y, y_mask, False, targets)
+            log_w.append(lp + gaussian_log_prob(z, mu_p, logvar_p) - gaussian_log_prob(z, mu, logvar))
         bound = torch.logsumexp(torch.stack(log_w), dim=0) - float(np.log(k))
-        return bound + self.stats.log_prob_n_atoms(targets.counts)
+        return bound + self.stats.log_prob_n_atoms(torch.bincount(batch.batch, minlength=batch.num_graphs))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def decode_latents(self, z: Tensor, y: Tensor, y_mask: Tensor, counts: Tensor, guidance: float = 0.0,
                        seeds: Sequence[int] | None = None, progress: bool = False,
-                       composition: str = "joint") -> list[Molecule3D]:
-        """Decode latents ``[B, d]`` into molecules of ``counts`` atoms: argmax graphs, ETKDG coordinates.
+                       composition: str = "joint", temperature: float | None = None, top_k: int | None = None,
+                       gen: torch.Generator | None = None) -> list[Molecule3D]:
+        """Decode latents ``[B, d]`` into molecules of ``counts`` atoms, with ETKDG coordinates: the
+        graph decoder's argmax graphs, or strings drawn from the smiles decoder.
 
         Args:
             z: latents; y, y_mask: normalized labels and mask ``[B, P]``; counts: ``[B]`` atom counts.
             guidance, composition: classifier-free guidance / product of experts on the decoder
                 logits, ``sum_k c_k logits(z, y_k)`` (:mod:`molgen.sampling.guidance`).
             seeds: one ETKDG seed per molecule (``None``: RDKit's random seeds).
+            temperature, top_k: the smiles decoder's token draw (default: the family config's).
+            gen: the generator of the smiles decoder's draws (default: seeded from ``seeds[0]``, else torch's).
         """
         counts = counts.to(z.device)
+        if self.fc.decoder == "smiles":
+            seeds = [-1] * len(z) if seeds is None else [int(s) for s in seeds]
+            if gen is None:
+                gen = torch.Generator().manual_seed(seeds[0]) if seeds and seeds[0] >= 0 else sampling_generator(None)
+            return self.decoder.decode(z, counts, guidance_experts(y, y_mask, guidance, composition),
+                                       self.fc.temperature if temperature is None else temperature,
+                                       self.fc.top_k if top_k is None else top_k, seeds, gen, progress)
         logits = None
         for y_k, mask_k, coef in guidance_experts(y, y_mask, guidance, composition):
             out = self.decoder(z, self.cond(z.shape[0], None, y_k, mask_k), counts)
@@ -322,7 +379,7 @@ class GraphVAE(Generator):
         _, mu_p, logvar_p = self.prior(chunk.y, chunk.y_mask)
         z = mu_p + torch.exp(0.5 * logvar_p) * chunk.extras["eps"]
         return self.decode_latents(z, chunk.y, chunk.y_mask, chunk.counts, opts.guidance, chunk.extras["seeds"],
-                                   progress, opts.composition)
+                                   progress, opts.composition, opts.temperature, opts.top_k, gen)
 
 
 def scale_logits(logits: DecoderLogits, coef: Tensor) -> DecoderLogits:
