@@ -114,7 +114,7 @@ def _as_graph(mol: Molecule3D | Data) -> Data:
 @torch.no_grad()
 def interpolate(model: GraphVAE, mol_a: Molecule3D | Data, mol_b: Molecule3D | Data, steps: int = 8, *,
                 n_atoms: int | Sequence[int] | None = None, cond: Targets | None = None,
-                seed: int = 0) -> list[Molecule3D]:
+                seed: int = 0, **decode: Any) -> list[Molecule3D]:
     """Decode ``steps`` points on the straight line between the latent means of two molecules.
 
     Args:
@@ -125,6 +125,7 @@ def interpolate(model: GraphVAE, mol_a: Molecule3D | Data, mol_b: Molecule3D | D
             interpolated linearly and rounded.
         cond: optional targets (user units) for the decoder and prior; default none.
         seed: ETKDG seeds are ``seed, seed + 1, ...``.
+        decode: keywords of :meth:`GraphVAE.decode_latents` (e.g. ``top_k=1``: greedy strings).
 
     Returns:
         ``steps`` molecules, ``properties["interpolation_t"]`` in [0, 1].
@@ -140,7 +141,7 @@ def interpolate(model: GraphVAE, mol_a: Molecule3D | Data, mol_b: Molecule3D | D
         n_atoms = torch.round((1 - t) * na + t * nb).long().cpu()
     counts = model.resolve_n_atoms(steps, n_atoms)
     y, y_mask = model.resolve_cond(steps, cond)
-    mols = model.decode_latents(z, y, y_mask, counts, seeds=list(range(seed, seed + steps)))
+    mols = model.decode_latents(z, y, y_mask, counts, seeds=list(range(seed, seed + steps)), **decode)
     for m, ti in zip(mols, t.tolist()):
         m.properties["interpolation_t"] = ti
     return mols
