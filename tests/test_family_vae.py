@@ -26,7 +26,8 @@ from molgen.models.vae_latent import interpolate, latent_means, latent_probe_r2,
 @pytest.fixture(scope="module")
 def tiny(qm9):
     family = get_family("vae")
-    cfg = resolve_config("vae", family.config_cls, preset="tiny", overrides={"data": {"properties": ["gap", "mu"]}})
+    cfg = resolve_config("vae", family.config_cls, preset="tiny",
+                         overrides={"data": {"properties": ["gap", "mu"]}, "family": {"decoder": "graph"}})
     idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     graphs = make_graphs(qm9, idx["train"][:64], stats)
