@@ -296,3 +296,26 @@ def test_smiles_decoder_uses_the_latent_no_posterior_collapse(tiny_smiles) -> No
     got = [Chem.MolToSmiles(Chem.MolFromSmiles(m.smiles)) if Chem.MolFromSmiles(m.smiles) else None for m in mols]
     assert sum(a == b for a, b in zip(canon, got)) >= 6
     assert len(set(got)) >= 6
+
+
+def test_smiles_decoder_tiny_run_samples_are_valid_and_unique(tiny_smiles) -> None:
+    """The collapse check on a tiny run: after a few steps on 64 molecules, prior samples are strictly
+    valid and distinct (the one-shot decoder's 300-step samples were 4.5 % unique, none strictly valid)."""
+    from molgen.metrics.gdss import judge
+
+    make, graphs = tiny_smiles
+    model = make().train()
+    batch = _batch(graphs, 64)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(40):
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mols = model.eval().sample(16, seed=0)
+    ids = [judge(m).smiles for m in mols]
+    valid = [i for i in ids if i is not None]
+    # a barely trained model reaches the grammar's rare dead ends more often (smiles_grammar: ~10 % for
+    # a random model, 0.3-0.8 % for the demo-size VAE after one epoch): they are counted invalid
+    assert len(valid) >= 12
+    assert len(set(valid)) >= 0.9 * len(valid)
