@@ -23,11 +23,11 @@ from molgen.models.vae import gaussian_kl
 from molgen.models.vae_latent import interpolate, latent_means, latent_probe_r2, linear_probe_r2
 
 
-@pytest.fixture(scope="module")
-def tiny(qm9):
+def _tiny_vae(qm9, properties: list[str], decoder: str):
+    """A tiny-preset VAE factory ``make(seed)`` and 64 training graphs."""
     family = get_family("vae")
     cfg = resolve_config("vae", family.config_cls, preset="tiny",
-                         overrides={"data": {"properties": ["gap", "mu"]}, "family": {"decoder": "graph"}})
+                         overrides={"data": {"properties": properties}, "family": {"decoder": decoder}})
     idx = select_indices(qm9, **cfg.data.selection())
     stats = compute_stats(qm9, idx["train"], cfg.data.properties)
     graphs = make_graphs(qm9, idx["train"][:64], stats)
@@ -37,6 +37,11 @@ def tiny(qm9):
         return family(cfg, stats).eval()
 
     return make, graphs
+
+
+@pytest.fixture(scope="module")
+def tiny(qm9):
+    return _tiny_vae(qm9, ["gap", "mu"], "graph")
 
 
 def _batch(graphs, n):
@@ -230,18 +235,7 @@ def test_disconnected_fragments_do_not_overlap() -> None:
 # ---------------------------------------------------------------------- the smiles decoder
 @pytest.fixture(scope="module")
 def tiny_smiles(qm9):
-    family = get_family("vae")
-    cfg = resolve_config("vae", family.config_cls, preset="tiny",
-                         overrides={"data": {"properties": ["gap"]}, "family": {"decoder": "smiles"}})
-    idx = select_indices(qm9, **cfg.data.selection())
-    stats = compute_stats(qm9, idx["train"], cfg.data.properties)
-    graphs = make_graphs(qm9, idx["train"][:64], stats)
-
-    def make(seed: int = 0):
-        torch.manual_seed(seed)
-        return family(cfg, stats).eval()
-
-    return make, graphs
+    return _tiny_vae(qm9, ["gap"], "smiles")
 
 
 def test_smiles_decoder_samples_are_strictly_valid_with_the_requested_atoms(tiny_smiles) -> None:

@@ -66,6 +66,26 @@ class SampleOptions:
         check_composition(self.composition)
 
 
+@dataclass(frozen=True)
+class TokenDrawOptions(SampleOptions):
+    """Options of families that draw tokens from a categorical (``smiles-ar``, the ``vae``'s smiles decoder).
+
+    Args:
+        temperature: divides the logits (> 0; ``top_k=1`` is greedy decoding).
+        top_k: keep the k most likely tokens (``None``: all).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.temperature > 0:
+            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
+        if self.top_k is not None and self.top_k < 1:
+            raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
+
+
 def option_names(cls: type[SampleOptions]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

@@ -81,7 +81,7 @@ from molgen.errors import MolgenError
 from molgen.models import smiles_grammar as grammar
 from molgen.models.base import Generator, SampleChunk, register
 from molgen.models.conditioning import ConditioningConfig
-from molgen.models.options import SampleOptions
+from molgen.models.options import TokenDrawOptions
 from molgen.models.smiles_chem import (VOCAB, Scaffold, contains_substructure, scaffold_from_smiles,
                                        smiles_to_molecule, training_record)
 from molgen.nn.backbone import EquivariantBackbone
@@ -108,7 +108,7 @@ class SmilesARConfig(ConditioningConfig):
 
 
 @dataclass(frozen=True)
-class SmilesSampleOptions(SampleOptions):
+class SmilesSampleOptions(TokenDrawOptions):
     """``smiles-ar``'s sampler options (``steps`` is ignored: a string takes as many steps as tokens).
 
     Args:
@@ -119,18 +119,12 @@ class SmilesSampleOptions(SampleOptions):
         constrained: the grammar mask (valid by construction; default ``family.constrained``).
     """
 
-    temperature: float = 1.0
-    top_k: int | None = None
     top_p: float | None = None
     scaffold: str | list[str] | None = None
     constrained: bool = True
 
     def validate(self) -> None:
         super().validate()
-        if not self.temperature > 0:
-            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
-        if self.top_k is not None and self.top_k < 1:
-            raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise MolgenError(f"top_p must be in (0, 1], got {self.top_p}")
 

@@ -68,7 +68,7 @@ from molgen.data.graphs import DatasetStats
 from molgen.errors import MolgenError
 from molgen.models.base import Generator, SampleChunk, register, sampling_generator
 from molgen.models.conditioning import ConditioningConfig
-from molgen.models.options import SampleOptions
+from molgen.models.options import TokenDrawOptions
 from molgen.models.pointcloud import AtomFeatureConfig, atom_features, feature_dim
 from molgen.models.vae_smiles import SmilesLatentDecoder
 from molgen.nn.graph import remove_mean
@@ -102,19 +102,9 @@ class VAEConfig(ConditioningConfig, AtomFeatureConfig):
 
 
 @dataclass(frozen=True)
-class VAESampleOptions(SampleOptions):
+class VAESampleOptions(TokenDrawOptions):
     """``vae``'s sampler options; ``temperature`` and ``top_k`` apply to the smiles decoder (the graph
     decoder takes each categorical's most likely value)."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.temperature > 0:
-            raise MolgenError("temperature must be positive (use top_k=1 for greedy decoding)")
-        if self.top_k is not None and self.top_k < 1:
-            raise MolgenError(f"top_k must be at least 1, got {self.top_k}")
 
 
 class GraphTargets(NamedTuple):
@@ -367,13 +357,13 @@ class GraphVAE(Generator):
             mols.append(embed_graph(types[b, :n], charges[b, :n], bonds[b, :n, :n], seed))
         return mols
 
-    def prepare_sampling(self, n: int, opts: SampleOptions, gen: torch.Generator,
+    def prepare_sampling(self, n: int, opts: VAESampleOptions, gen: torch.Generator,
                          seed: int | None) -> dict[str, Any]:
         """The prior noise ``[n, d]`` and one ETKDG seed per molecule, drawn before the chunks."""
         eps = self.randn((n, self.fc.latent_dim), gen)
         return {"eps": eps, "seeds": torch.randint(0, 2**31 - 1, (n,), generator=gen).tolist()}
 
-    def sample_chunk(self, chunk: SampleChunk, opts: SampleOptions, gen: torch.Generator,
+    def sample_chunk(self, chunk: SampleChunk, opts: VAESampleOptions, gen: torch.Generator,
                      progress: bool) -> list[Molecule3D]:
         """``z ~ p(z | y)``, one decoder pass, argmax graph, ETKDG; ``opts.steps`` is ignored."""
         _, mu_p, logvar_p = self.prior(chunk.y, chunk.y_mask)
