@@ -46,7 +46,14 @@ def train(model, config_path, set_items, preset, condition, split, steps, epochs
     from molgen.train import resume_training, train as run_training
 
     if resume:
-        result = resume_training(resume, tracking_uri=tracking_uri, steps=steps)
+        ignored = [flag for flag, value in (("--model", model), ("--config", config_path), ("--preset", preset),
+                                            ("--condition", condition), ("--split", split), ("--epochs", epochs),
+                                            ("--seed", seed)) if value]
+        if ignored:
+            raise MolgenError(f"{', '.join(ignored)} do not apply with --resume (the run's config is in its "
+                              "checkpoint; --set KEY=VALUE branches it into a new run)")
+        result = resume_training(resume, tracking_uri=tracking_uri, steps=steps, device=device,
+                                 overrides=parse_set(set_items))
     else:
         if model is None:
             raise MolgenError("--model is required (or --resume)")

@@ -32,7 +32,7 @@ from molgen.checkpoint import (
     parse_checkpoint_ref,
     save_checkpoint,
 )
-from molgen.config import RunConfig, build_run_config, validate
+from molgen.config import RunConfig, build_run_config, deep_update, validate
 from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.datasets import load_dataset
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
@@ -133,6 +133,7 @@ class Trainer:
         if cfg.train.compile and not family.supports_compile:
             raise MolgenError(f"train.compile does not apply to '{cfg.model}': its loss differentiates through "
                               "the network's gradient (double backward), which torch.compile does not support")
+        self.branched_from = (resume or {}).get("branched_from")
         self._build_data(resume)
         self._build_model(family)
         run_id = self._restore(resume)
@@ -210,6 +211,8 @@ class Trainer:
         if self.info.is_main:
             _check_writable(Path(cfg.train.out_dir))  # before the run opens, not at the first checkpoint
         tags = {"molgen.kind": "train", "molgen.family": cfg.model}
+        if self.branched_from:
+            tags["molgen.branched_from"] = self.branched_from
         if cfg.preset:
             tags["molgen.preset"] = cfg.preset
         if run_id and self.info.is_main and not run_exists(run_id, resolve_tracking_uri(tracking_uri)):
@@ -383,15 +386,29 @@ def train(cfg: RunConfig, *, tracking_uri: str | None = None, progress: bool = T
 
 
 def resume_training(resume: str, *, tracking_uri: str | None = None, steps: int | None = None,
+                    device: str | None = None, overrides: dict[str, Any] | None = None,
                     out_dir: str = "outputs", progress: bool = True, log=print) -> TrainResult:
-    """Continue a run from its checkpoint (path or MLflow run id) into the same MLflow run."""
+    """Continue a run from its checkpoint (path or MLflow run id) into the same MLflow run.
+
+    With ``overrides`` (``--set`` keys) the state — weights, EMA, optimizer, step — continues in a
+    new run with the changed config (tag ``molgen.branched_from``): a side-by-side branch of a
+    campaign, e.g. another time law or learning rate from the same point."""
     with resolve_resume(resume, out_dir, tracking_uri) as path:
         payload = load_checkpoint(path)
     family = get_family(payload["config"]["model"])
-    cfg = build_run_config(payload["config"], family.config_cls)
+    data = payload["config"]
+    if overrides:
+        if "model" in overrides or "backbone" in overrides:
+            raise MolgenError("a branch keeps the checkpoint's network: --set model.../backbone... do not apply "
+                              "with --resume")
+        data = deep_update(data, overrides)
+        payload = {**payload, "run_id": None, "branched_from": payload.get("run_id") or str(resume)}
+    cfg = build_run_config(data, family.config_cls)
     if steps is not None:
         cfg.train.steps = steps
-        validate(cfg)  # --steps 0 or negative: one line
+    if device is not None:
+        cfg.train.device = device
+    validate(cfg)  # --steps 0 or negative: one line
     if "ema_state" not in payload or "optimizer" not in payload:
         raise MolgenError("this checkpoint has no optimizer state (a shipped model?); it cannot be resumed")
     done = int(payload.get("step", 0))

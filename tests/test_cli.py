@@ -373,6 +373,14 @@ def test_unwritable_out_dir_is_found_before_training(tmp_path, env) -> None:
     assert "train diffusion" not in proc.stderr  # no training step ran
 
 
+def test_resume_refuses_flags_its_checkpoint_decides(trained, tmp_path, env) -> None:
+    ckpt = str(trained["checkpoint"])
+    proc = molgen("train", "--resume", ckpt, "--condition", "gap", "--steps", "99", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "--condition do not apply with --resume", "--set KEY=VALUE branches")
+    proc = molgen("train", "--resume", ckpt, "--steps", "99", "--set", "backbone.layers=9", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "a branch keeps the checkpoint's network")
+
+
 def test_resume_with_nothing_left_to_train(trained, tmp_path, env) -> None:
     proc = molgen("train", "--resume", str(trained["checkpoint"]), cwd=tmp_path, env=env)
     assert_one_line_error(proc, "nothing to train", "--steps N")

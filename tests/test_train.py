@@ -84,7 +84,7 @@ def test_resume_a_carried_checkpoint_in_another_store(tmp_path: Path, qm9_cache:
     assert proc.returncode == 0, proc.stderr[-3000:]
     old_run = _run_id(proc.stdout)
     ckpt = first / "outputs" / old_run / "last.pt"
-    proc = subprocess.run([sys.executable, *common, "--steps", "6", "--resume", str(ckpt)], cwd=second,
+    proc = subprocess.run([sys.executable, "-m", "molgen", "train", "--steps", "6", "--resume", str(ckpt)], cwd=second,
                           capture_output=True, text=True, timeout=600, env=_env(qm9_cache))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not in this tracking store" in proc.stdout + proc.stderr
@@ -97,3 +97,29 @@ def test_resume_a_carried_checkpoint_in_another_store(tmp_path: Path, qm9_cache:
     assert run.data.tags["molgen.resumed_from"] == old_run
     steps = [m.step for m in client.get_metric_history(new_run, "train/loss")]
     assert steps and min(steps) > 4 and max(steps) == 6  # the step count continued
+
+
+def test_resume_with_set_branches_into_a_new_run(tmp_path: Path, qm9_cache: str) -> None:
+    """``--resume CKPT --set KEY=VALUE``: the state continues with the changed config in a new run
+    (tag ``molgen.branched_from``), and the original run is left as it was."""
+    common = ["-m", "molgen", "train", "--model", "diffusion", "--preset", "tiny"]
+    proc = subprocess.run([sys.executable, *common, "--steps", "4"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=_env(qm9_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    old_run = _run_id(proc.stdout)
+    ckpt = tmp_path / "outputs" / old_run / "last.pt"
+    before = ckpt.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "molgen", "train", "--resume", str(ckpt), "--steps", "6",
+                           "--set", "family.time_beta=3", "--set", "train.out_dir=branch"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(qm9_cache))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new_run = _run_id(proc.stdout)
+    assert new_run != old_run and ckpt.read_bytes() == before
+    from mlflow.tracking import MlflowClient
+
+    from molgen.checkpoint import load_checkpoint
+
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db").get_run(new_run)
+    assert run.data.tags["molgen.branched_from"] == old_run and run.data.params["family.time_beta"] == "3.0"
+    branch = load_checkpoint(tmp_path / "branch" / new_run / "last.pt")
+    assert branch["step"] == 6 and branch["config"]["family"]["time_beta"] == 3.0

@@ -10,6 +10,9 @@ and single properties (``prop_drop_prob``) are dropped, which gives classifier-f
 
 ``log_likelihood`` is EDM's variational bound (prior KL + T x one uniformly drawn diffusion term
 + the t=0 reconstruction term - log p(N)), an unbiased single-sample estimate in nats per molecule.
+
+``time_alpha`` / ``time_beta`` (default 1, 1: EDM's uniform times) draw training times from a Beta
+law; ``time_beta > 1`` spends more of training at low noise, where EDM's distance rules are decided.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
 from molgen.models.base import SampleChunk, register
 from molgen.models.options import SampleOptions
-from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
+from molgen.models.pointcloud import (PointCloudConfig, PointCloudGenerator, TimeSamplingConfig, check_time_sampling,
+                                      training_times)
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import vp
@@ -32,7 +36,7 @@ from molgen.sampling.schedules import make_schedule
 
 
 @dataclass
-class DiffusionConfig(PointCloudConfig):
+class DiffusionConfig(PointCloudConfig, TimeSamplingConfig):
     """Family options of ``diffusion`` (YAML section ``family:``)."""
 
     timesteps: int = 1000
@@ -46,6 +50,7 @@ class EquivariantDiffusion(PointCloudGenerator):
 
     def __init__(self, cfg: RunConfig, stats: DatasetStats) -> None:
         super().__init__(cfg, stats)
+        check_time_sampling(self.fc)
         self.schedule = make_schedule(self.fc.schedule, self.fc.timesteps, self.fc.precision)
         self.net = DynamicsNetwork(self.feat_dim, len(stats.properties), cfg.backbone)
 
@@ -69,9 +74,12 @@ class EquivariantDiffusion(PointCloudGenerator):
         return {"x": x, "h": h, "zh": zh, "err_x": err_x, "err_h": err_h, "gamma_t": gamma_t}
 
     def loss(self, batch: Any) -> dict[str, Tensor]:
-        """EDM's simplified objective: mean squared noise error per degree of freedom, t ~ U{0..T}."""
-        B = batch.num_graphs
-        t_int = torch.randint(0, self.fc.timesteps + 1, (B,), device=batch.pos.device)
+        """EDM's simplified objective: mean squared noise error per degree of freedom, t ~ U{0..T}
+        (in training ``t = round(T u)``, ``u ~ Beta(time_alpha, time_beta)``, where those are set)."""
+        B, T = batch.num_graphs, self.fc.timesteps
+        u = training_times(self.fc, B, batch.pos, self.training)
+        t_int = (torch.randint(0, T + 1, (B,), device=batch.pos.device) if u is None
+                 else torch.round(u * T).long())
         out = self._diffusion_error(batch, t_int, train=True)
         n_atoms = torch.bincount(batch.batch, minlength=B).float()
         per_mol = (out["err_x"] + out["err_h"]) / (n_atoms * (3 + self.feat_dim))

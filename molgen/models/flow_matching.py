@@ -69,7 +69,8 @@ from molgen.errors import MolgenError
 from molgen.models.base import SampleChunk, register
 from molgen.models.categorical import CategoricalAtoms, Tokens
 from molgen.models.options import SampleOptions
-from molgen.models.pointcloud import PointCloudConfig, PointCloudGenerator
+from molgen.models.pointcloud import (PointCloudConfig, PointCloudGenerator, TimeSamplingConfig, check_time_sampling,
+                                      training_times)
 from molgen.nn.dynamics import DynamicsNetwork
 from molgen.nn.graph import remove_mean, scatter_sum
 from molgen.sampling import ode
@@ -81,7 +82,7 @@ ATOM_TYPES = ("gaussian", "categorical")
 
 
 @dataclass
-class FlowMatchingConfig(PointCloudConfig):
+class FlowMatchingConfig(PointCloudConfig, TimeSamplingConfig):
     """Family options of ``flow-matching`` (YAML section ``family:``)."""
 
     sampling_steps: int = 50
@@ -93,8 +94,6 @@ class FlowMatchingConfig(PointCloudConfig):
     likelihood_trace: str = "exact"  # exact | hutchinson
     prediction: str = "velocity"  # velocity | data (z1_hat = z_t + net; Euler sampling)
     atom_types: str = "gaussian"  # gaussian (scaled one-hot features) | categorical (masking flow)
-    time_alpha: float = 1.0  # training times t ~ Beta(time_alpha, time_beta); 1, 1 = uniform
-    time_beta: float = 1.0
     type_loss_weight: float = 1.0  # atom_types=categorical: weight of the types/charges cross-entropy
 
 
@@ -123,8 +122,7 @@ class EquivariantFlowMatching(PointCloudGenerator):
         if self.stepwise and fc.solver != "euler":
             raise MolgenError("family.prediction=data and family.atom_types=categorical sample with Euler steps: "
                               f"set family.solver=euler (not '{fc.solver}')")
-        if not (fc.time_alpha > 0 and fc.time_beta > 0):
-            raise MolgenError(f"family.time_alpha and family.time_beta must be > 0 (got {fc.time_alpha}, {fc.time_beta})")
+        check_time_sampling(fc)
         self.categorical = (CategoricalAtoms(self.num_types, fc.include_charges)
                             if fc.atom_types == "categorical" else None)
         in_dim, out_dim = ((self.categorical.in_dim, self.categorical.out_dim) if self.categorical
@@ -137,12 +135,9 @@ class EquivariantFlowMatching(PointCloudGenerator):
         return self.fc.prediction == "data" or self.fc.atom_types == "categorical"
 
     def train_times(self, B: int, like: Tensor) -> Tensor:
-        """``[B]`` training times: uniform, or ``Beta(time_alpha, time_beta)``."""
-        a, b = self.fc.time_alpha, self.fc.time_beta
-        if a == 1.0 and b == 1.0:
-            return torch.rand(B, device=like.device, dtype=like.dtype)
-        beta = torch.distributions.Beta(torch.tensor(float(a)), torch.tensor(float(b)))
-        return beta.sample((B,)).to(like.device, like.dtype)
+        """``[B]`` times: ``Beta(time_alpha, time_beta)`` in training, else uniform."""
+        t = training_times(self.fc, B, like, self.training)
+        return torch.rand(B, device=like.device, dtype=like.dtype) if t is None else t
 
     def categorical_features(self, tok: Tokens, dtype: torch.dtype) -> Tensor:
         """Unmasked categorical tokens as the point-cloud features ``h`` that :meth:`decode` reads."""

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from molgen.chem.elements import ELEMENTS, Molecule3D
 from molgen.config import RunConfig
 from molgen.data.graphs import DatasetStats
+from molgen.errors import MolgenError
 from molgen.models.base import Generator, SampleChunk
 from molgen.models.conditioning import ConditioningConfig
 from molgen.models.options import SampleOptions
@@ -48,6 +49,32 @@ class PointCloudConfig(ConditioningConfig, AtomFeatureConfig):
 
     sampling_steps: int = 1000
     sample_batch_size: int = 500
+
+
+@dataclass
+class TimeSamplingConfig:
+    """Training times ``t ~ Beta(time_alpha, time_beta)`` on the family's own time axis (1, 1 =
+    uniform, the published objective). Validation always draws uniform times, so ``val/loss`` is the
+    same objective whatever the setting and compares across runs."""
+
+    time_alpha: float = 1.0
+    time_beta: float = 1.0
+
+
+def check_time_sampling(cfg: TimeSamplingConfig) -> None:
+    """One line for a Beta parameter that is not positive."""
+    if not (cfg.time_alpha > 0 and cfg.time_beta > 0):
+        raise MolgenError(f"family.time_alpha and family.time_beta must be > 0 (got {cfg.time_alpha}, {cfg.time_beta})")
+
+
+def training_times(cfg: TimeSamplingConfig, n: int, like: Tensor, training: bool = True) -> Tensor | None:
+    """``[n]`` times in [0, 1] from ``Beta(time_alpha, time_beta)``, or None where the family should
+    draw its own uniform times (the setting is 1, 1, or this is not training)."""
+    a, b = float(cfg.time_alpha), float(cfg.time_beta)
+    if not training or (a == 1.0 and b == 1.0):
+        return None
+    beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(b))
+    return beta.sample((n,)).to(like.device, like.dtype)
 
 
 #: Å; a decoded coordinate beyond this (or not finite) makes the molecule one without structure
