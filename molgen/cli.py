@@ -39,11 +39,14 @@ def cli() -> None:
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns.db).")
 @click.option("--resume", "resume", metavar="RUN_OR_PATH", help="Continue a run (MLflow run id or checkpoint path).")
-def train(model, config_path, set_items, preset, condition, split, steps, epochs, device, seed, tracking_uri, resume) -> None:
+@click.option("--chunk-steps", type=int, metavar="N", help="With --resume: stop after N more steps (schedule unchanged).")
+def train(model, config_path, set_items, preset, condition, split, steps, epochs, device, seed, tracking_uri, resume,
+          chunk_steps) -> None:
     """Train a model on QM9 and log it to MLflow."""
     from molgen.config import deep_update, parse_set, resolve_config
     from molgen.models.registry import get_family
-    from molgen.train import resume_training, train as run_training
+    from molgen.resume import resume_training
+    from molgen.train import train as run_training
 
     if resume:
         ignored = [flag for flag, value in (("--model", model), ("--config", config_path), ("--preset", preset),
@@ -53,10 +56,12 @@ def train(model, config_path, set_items, preset, condition, split, steps, epochs
             raise MolgenError(f"{', '.join(ignored)} do not apply with --resume (the run's config is in its "
                               "checkpoint; --set KEY=VALUE branches it into a new run)")
         result = resume_training(resume, tracking_uri=tracking_uri, steps=steps, device=device,
-                                 overrides=parse_set(set_items))
+                                 overrides=parse_set(set_items), chunk_steps=chunk_steps)
     else:
         if model is None:
             raise MolgenError("--model is required (or --resume)")
+        if chunk_steps is not None:
+            raise MolgenError("--chunk-steps applies with --resume (a new run trains to --steps)")
         overrides = parse_set(set_items)
         flags: dict = {"train": {}, "data": {}}
         if condition:
@@ -87,6 +92,8 @@ def train(model, config_path, set_items, preset, condition, split, steps, epochs
         )
     click.echo(f"\nMLflow run:  {result.run_id}  (store: {resolve_tracking_uri(tracking_uri)}; view with: molgen ui)")
     click.echo(f"checkpoint:  {result.checkpoint}")
+    if result.chunk_end:
+        click.echo(f"chunk ended at step {result.step}; continue with: molgen train --resume {result.checkpoint}")
     if result.samples_sdf:
         click.echo(f"samples:     {result.samples_sdf}")
     _print_metrics(result.metrics)

@@ -27,12 +27,9 @@ from molgen import distributed as dist_utils
 from molgen.checkpoint import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_NAME,
-    load_checkpoint,
-    locate_checkpoint,
-    parse_checkpoint_ref,
     save_checkpoint,
 )
-from molgen.config import RunConfig, build_run_config, deep_update, validate
+from molgen.config import RunConfig
 from molgen.data.canonical import canonical_qm9_smiles
 from molgen.data.datasets import load_dataset
 from molgen.data.graphs import DatasetStats, compute_stats, make_graphs, select_indices
@@ -54,6 +51,7 @@ class TrainResult:
     samples_sdf: Path | None = None
     interrupted: bool = False
     is_main: bool = True
+    chunk_end: bool = False  # stopped by ``chunk_steps`` before the run's last step
 
 
 class _StopFlag:
@@ -112,19 +110,14 @@ def _check_writable(folder: Path) -> None:
                           "set another folder with --set train.out_dir=DIR") from None
 
 
-def resolve_resume(resume: str, out_dir: str, tracking_uri: str | None) -> contextlib.AbstractContextManager[Path]:
-    """``--resume`` accepts a checkpoint path or an MLflow run id (local copy first, else the artifact);
-    a context manager yielding the file (see :func:`molgen.checkpoint.locate_checkpoint`)."""
-    path, run_id = parse_checkpoint_ref(resume)
-    return locate_checkpoint(path, run_id, out_dir=out_dir, tracking_uri=tracking_uri)
-
 
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
     def __init__(self, cfg: RunConfig, *, tracking_uri: str | None = None, resume: dict | None = None,
-                 progress: bool = True, log=print) -> None:
+                 progress: bool = True, log=print, chunk_steps: int | None = None) -> None:
         self.cfg = cfg
+        self.chunk_steps = chunk_steps
         self.log = log
         self.info, self.device = dist_utils.setup(cfg.train.device)
         self.progress = progress and self.info.is_main
@@ -304,8 +297,9 @@ class Trainer:
                        dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         t0, seen = time.time(), 0
         interrupted = False
+        stop_at = self.total_steps if self.chunk_steps is None else min(self.total_steps, self.step + self.chunk_steps)
         with _StopFlag() as stop:
-            while self.step < self.total_steps:
+            while self.step < stop_at:
                 self.model.train()
                 for group in self.optimizer.param_groups:
                     group["lr"] = tc.lr * lr_factor(self.step, cfg, self.total_steps)
@@ -346,10 +340,11 @@ class Trainer:
         if bar is not None:
             bar.close()
         path = self.checkpoint()
-        if interrupted:
+        if interrupted or self.step < self.total_steps:  # SIGTERM, or the end of a --chunk-steps chunk
             self.tracker.finish("KILLED")
             dist_utils.teardown(self.info)
-            return TrainResult(self.run_id, path, self.step, interrupted=True, is_main=self.info.is_main)
+            return TrainResult(self.run_id, path, self.step, interrupted=interrupted, chunk_end=not interrupted,
+                               is_main=self.info.is_main)
         result = TrainResult(self.run_id, path, self.step, is_main=self.info.is_main)
         if self.info.is_main:
             result = self._finish(path)
@@ -383,36 +378,3 @@ class Trainer:
 def train(cfg: RunConfig, *, tracking_uri: str | None = None, progress: bool = True, log=print) -> TrainResult:
     """Train a fresh model for ``cfg``."""
     return Trainer(cfg, tracking_uri=tracking_uri, progress=progress, log=log).run()
-
-
-def resume_training(resume: str, *, tracking_uri: str | None = None, steps: int | None = None,
-                    device: str | None = None, overrides: dict[str, Any] | None = None,
-                    out_dir: str = "outputs", progress: bool = True, log=print) -> TrainResult:
-    """Continue a run from its checkpoint (path or MLflow run id) into the same MLflow run.
-
-    With ``overrides`` (``--set`` keys) the state — weights, EMA, optimizer, step — continues in a
-    new run with the changed config (tag ``molgen.branched_from``): a side-by-side branch of a
-    campaign, e.g. another time law or learning rate from the same point."""
-    with resolve_resume(resume, out_dir, tracking_uri) as path:
-        payload = load_checkpoint(path)
-    family = get_family(payload["config"]["model"])
-    data = payload["config"]
-    if overrides:
-        if "model" in overrides or "backbone" in overrides:
-            raise MolgenError("a branch keeps the checkpoint's network: --set model.../backbone... do not apply "
-                              "with --resume")
-        data = deep_update(data, overrides)
-        payload = {**payload, "run_id": None, "branched_from": payload.get("run_id") or str(resume)}
-    cfg = build_run_config(data, family.config_cls)
-    if steps is not None:
-        cfg.train.steps = steps
-    if device is not None:
-        cfg.train.device = device
-    validate(cfg)  # --steps 0 or negative: one line
-    if "ema_state" not in payload or "optimizer" not in payload:
-        raise MolgenError("this checkpoint has no optimizer state (a shipped model?); it cannot be resumed")
-    done = int(payload.get("step", 0))
-    if cfg.train.epochs is None and cfg.train.steps <= done:
-        raise MolgenError(f"nothing to train: the checkpoint is at step {done} and the run's target is step "
-                          f"{cfg.train.steps} (give --steps N with N > {done})")
-    return Trainer(cfg, tracking_uri=tracking_uri, resume=payload, progress=progress, log=log).run()

@@ -304,7 +304,7 @@ def test_bad_run_id_and_dataset(args, fragments, tmp_path, env) -> None:
 
 def test_run_id_cannot_walk_out_of_outputs(tmp_path) -> None:
     from molgen.checkpoint import locate_checkpoint
-    from molgen.train import resolve_resume
+    from molgen.resume import resolve_resume
 
     (tmp_path / "last.pt").write_bytes(b"not reachable")
     out_dir = tmp_path / "a" / "b"
@@ -379,6 +379,10 @@ def test_resume_refuses_flags_its_checkpoint_decides(trained, tmp_path, env) -> 
     assert_one_line_error(proc, "--condition do not apply with --resume", "--set KEY=VALUE branches")
     proc = molgen("train", "--resume", ckpt, "--steps", "99", "--set", "backbone.layers=9", cwd=tmp_path, env=env)
     assert_one_line_error(proc, "a branch keeps the checkpoint's network")
+    proc = molgen("train", "--resume", ckpt, "--steps", "99", "--chunk-steps", "0", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "--chunk-steps must be positive")
+    proc = molgen("train", "--model", "diffusion", "--chunk-steps", "5", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "--chunk-steps applies with --resume")
 
 
 def test_resume_with_nothing_left_to_train(trained, tmp_path, env) -> None:

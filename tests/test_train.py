@@ -101,7 +101,8 @@ def test_resume_a_carried_checkpoint_in_another_store(tmp_path: Path, qm9_cache:
 
 def test_resume_with_set_branches_into_a_new_run(tmp_path: Path, qm9_cache: str) -> None:
     """``--resume CKPT --set KEY=VALUE``: the state continues with the changed config in a new run
-    (tag ``molgen.branched_from``), and the original run is left as it was."""
+    (tag ``molgen.branched_from``), and the original run is left as it was; ``--chunk-steps`` ends
+    the chunk early with the run's schedule (``--steps``) unchanged."""
     common = ["-m", "molgen", "train", "--model", "diffusion", "--preset", "tiny"]
     proc = subprocess.run([sys.executable, *common, "--steps", "4"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=_env(qm9_cache))
@@ -109,12 +110,13 @@ def test_resume_with_set_branches_into_a_new_run(tmp_path: Path, qm9_cache: str)
     old_run = _run_id(proc.stdout)
     ckpt = tmp_path / "outputs" / old_run / "last.pt"
     before = ckpt.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "molgen", "train", "--resume", str(ckpt), "--steps", "6",
-                           "--set", "family.time_beta=3", "--set", "train.out_dir=branch"],
+    proc = subprocess.run([sys.executable, "-m", "molgen", "train", "--resume", str(ckpt), "--steps", "10",
+                           "--chunk-steps", "2", "--set", "family.time_beta=3", "--set", "train.out_dir=branch"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(qm9_cache))
     assert proc.returncode == 0, proc.stderr[-3000:]
     new_run = _run_id(proc.stdout)
     assert new_run != old_run and ckpt.read_bytes() == before
+    assert "chunk ended at step 6" in proc.stdout  # --chunk-steps: 2 more steps of a 10-step schedule
     from mlflow.tracking import MlflowClient
 
     from molgen.checkpoint import load_checkpoint
@@ -123,3 +125,4 @@ def test_resume_with_set_branches_into_a_new_run(tmp_path: Path, qm9_cache: str)
     assert run.data.tags["molgen.branched_from"] == old_run and run.data.params["family.time_beta"] == "3.0"
     branch = load_checkpoint(tmp_path / "branch" / new_run / "last.pt")
     assert branch["step"] == 6 and branch["config"]["family"]["time_beta"] == 3.0
+    assert branch["config"]["train"]["steps"] == 10
