@@ -152,6 +152,15 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
     (invalid strings or graphs that cannot be embedded) cannot be scored: the model's MAE is over the
     others and their number is a row of the table, never hidden.
     """
+    return edm_conditional_oracles(model, prop, [oracle], n=n, seed=seed, steps=steps, guidance=guidance,
+                                   baseline_n=baseline_n, progress=progress, sample_opts=sample_opts)[0]
+
+
+def edm_conditional_oracles(model, prop: str, oracles: Sequence, *, n: int, seed: int = 0, steps: int | None = None,
+                            guidance: float | None = None, baseline_n: int | None = None, progress: bool = True,
+                            sample_opts: dict | None = None) -> list[ProtocolResult]:
+    """:func:`edm_conditional` scored by each of ``oracles`` (None: the default one) on the same samples
+    and the same baseline molecules: yardsticks side by side, one sampling."""
     from molgen.data.qm9 import edm_splits, load_qm9
     from molgen.oracle import load_oracle
 
@@ -163,10 +172,10 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
         print(f"warning: this run was trained on split '{model.cfg.data.split}', not 'db'; EDM's protocol "
               "trains the generator on Db (molgen train --split db) so that it never sees the oracle's Da",
               flush=True)
-    oracle = oracle if oracle is not None else load_oracle()
-    if prop not in oracle.properties:
-        raise MolgenError(f"the oracle does not predict '{prop}' (it predicts: {', '.join(oracle.properties)})")
-    j = oracle.properties.index(prop)
+    oracles = [o if o is not None else load_oracle() for o in oracles]
+    for oracle in oracles:
+        if prop not in oracle.properties:
+            raise MolgenError(f"the oracle does not predict '{prop}' (it predicts: {', '.join(oracle.properties)})")
     data = load_qm9(model.cfg.data.cache_dir)
     splits = edm_splits(data.num_molecules)
     da, db = splits["da"], splits["db"]
@@ -178,30 +187,36 @@ def edm_conditional(model, prop: str, *, n: int, seed: int = 0, steps: int | Non
     targets = data.property(prop)[db[pick]].double().numpy()
     mols = model.sample(n, cond={prop: targets}, n_atoms=n_atoms, steps=steps, guidance=guidance, seed=seed,
                        progress=progress, **(sample_opts or {}))
-    preds, _ = oracle_predict(mols, oracle)
-    err = np.abs(preds[:, j] - targets)
-    finite = np.isfinite(err)
-    model_mae = float(err[finite].mean()) if finite.any() else float("nan")
 
-    # baselines on real Db molecules (a random subset of baseline_n, default n)
+    # baselines on real Db molecules (a random subset of baseline_n, default n), one draw for all oracles
     m = min(len(db), baseline_n or n)
     sub = db[torch.from_numpy(rng.permutation(len(db))[:m]).long()]
     true = data.property(prop)[sub].double().numpy()
-    pred_db = _oracle_on_split(data, sub, oracle)[:, j]
-    lower = float(np.abs(pred_db - true).mean())
-    naive = float(np.abs(pred_db - true[rng.permutation(m)]).mean())
-    # #Atoms: mean property per atom count on Da, evaluated on the Db subset
+    shuffle = rng.permutation(m)
+    # #Atoms: mean property per atom count on Da, evaluated on the Db subset (no oracle)
     da_n, da_y = data.n_atoms[da].numpy(), data.property(prop)[da].double().numpy()
     per_n = {int(k): float(da_y[da_n == k].mean()) for k in np.unique(da_n)}
     fallback = float(da_y.mean())
     by_atoms = np.array([per_n.get(int(k), fallback) for k in data.n_atoms[sub].numpy()])
     n_atoms_mae = float(np.abs(by_atoms - true).mean())
-    rows = {
-        "Naive (shuffled labels, upper bound)": naive,
-        "#Atoms": n_atoms_mae,
-        f"molgen {model.name} ({model.cfg.data.split})": model_mae,
-        "QM9 (oracle on real Db molecules, lower bound)": lower,
-    }
-    return ProtocolResult(prop, rows, n=n, unusable=int((~finite).sum()),
-                          details={"model": model_mae, "naive": naive, "n_atoms": n_atoms_mae, "lower_bound": lower},
-                          oracle_version=oracle.version)
+    results = []
+    for oracle in oracles:
+        j = oracle.properties.index(prop)
+        preds, _ = oracle_predict(mols, oracle)
+        err = np.abs(preds[:, j] - targets)
+        finite = np.isfinite(err)
+        model_mae = float(err[finite].mean()) if finite.any() else float("nan")
+        pred_db = _oracle_on_split(data, sub, oracle)[:, j]
+        lower = float(np.abs(pred_db - true).mean())
+        naive = float(np.abs(pred_db - true[shuffle]).mean())
+        rows = {
+            "Naive (shuffled labels, upper bound)": naive,
+            "#Atoms": n_atoms_mae,
+            f"molgen {model.name} ({model.cfg.data.split})": model_mae,
+            "QM9 (oracle on real Db molecules, lower bound)": lower,
+        }
+        results.append(ProtocolResult(
+            prop, rows, n=n, unusable=int((~finite).sum()),
+            details={"model": model_mae, "naive": naive, "n_atoms": n_atoms_mae, "lower_bound": lower},
+            oracle_version=oracle.version))
+    return results

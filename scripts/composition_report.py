@@ -16,7 +16,7 @@ molecules the oracle could score (those with coordinates; the MAE is over them).
 
 Usage::
 
-    python scripts/composition_report.py --run RUN_ID [-n 200] [--steps 50] [--guidance 0]
+    python scripts/composition_report.py (--run RUN_ID | --pretrained NAME) [--oracle PATH ...] [-n 200] [--steps 50] [--guidance 0]
         [--sample-opt KEY=VALUE ...] [--tracking-uri URI] [--out composition.md]
 """
 
@@ -38,11 +38,14 @@ from molgen.generate import load_model  # noqa: E402
 from molgen.models.options import parse_sample_options  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
+from molgen.oracle import load_oracle  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run")
+    which.add_argument("--pretrained", metavar="NAME", help="a shipped model, e.g. smiles-ar-gap-mu")
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
@@ -51,8 +54,11 @@ def main(argv=None) -> int:
                     help="family sampler option for every setting, e.g. temperature=0.8 (repeatable)")
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--out", default="composition.md")
+    ap.add_argument("--oracle", action="append", default=[], metavar="PATH",
+                    help="oracle weights (repeatable: one table each, same samples; default: the shipped one)")
     args = ap.parse_args(argv)
-    model = load_model(args.run, None, tracking_uri=args.tracking_uri)
+    oracles = [load_oracle(p) for p in args.oracle] or [load_oracle()]
+    model = load_model(args.run, None, tracking_uri=args.tracking_uri, pretrained=args.pretrained)
     common = parse_sample_options(args.sample_opt)
     props = model.properties
     if len(props) < 2:
@@ -67,22 +73,25 @@ def main(argv=None) -> int:
     settings = [("unconditional (no target)", None, {})]
     settings += [(f"single {p}", {p: targets[p]}, {}) for p in props] + [("joint", targets, {})]
     settings.append(("product of experts", targets, {"composition": "product"}))  # every family composes
-    table = {}
+    tables: list[dict] = [{} for _ in oracles]
     for name, cond, opts in settings:
         mols = model.sample(args.n, cond=cond, n_atoms=n_atoms, steps=args.steps, guidance=args.guidance,
                            seed=args.seed, **common, **opts)
-        preds, names = oracle_predict(mols)
-        table[name] = {p: float(np.nanmean(np.abs(preds[:, names.index(p)] - targets[p]))) for p in props}
-        table[name]["scored"] = float(np.isfinite(preds).all(axis=1).mean())
-        print(name, table[name], flush=True)
+        for table, oracle in zip(tables, oracles):
+            preds, names = oracle_predict(mols, oracle)
+            table[name] = {p: float(np.nanmean(np.abs(preds[:, names.index(p)] - targets[p]))) for p in props}
+            table[name]["scored"] = float(np.isfinite(preds).all(axis=1).mean())
+            print(oracle.version, name, table[name], flush=True)
     heads = [f"{p} MAE ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
-    lines = [f"Run `{args.run}` ({model.name}, trained on {', '.join(props)}), {args.n} molecules, targets "
+    lines = [f"Model `{args.run or args.pretrained}` ({model.name}, trained on {', '.join(props)}), {args.n} molecules, targets "
              f"drawn jointly from its training molecules; machine: {describe_machine()}. "
-             f"Command: `python scripts/composition_report.py {' '.join(sys.argv[1:] if argv is None else argv)}`.",
-             "", "| conditioning | " + " | ".join(heads) + " | scored % |", "|---|" + "---|" * (len(props) + 1)]
-    for name, maes in table.items():
-        cells = [f"{maes[p] * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}" for p in props] + [f"{100 * maes['scored']:.1f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             f"Command: `python scripts/composition_report.py {' '.join(sys.argv[1:] if argv is None else argv)}`."]
+    for table, oracle in zip(tables, oracles):
+        lines += ["", f"oracle version {oracle.version}:", "",
+                  "| conditioning | " + " | ".join(heads) + " | scored % |", "|---|" + "---|" * (len(props) + 1)]
+        for name, maes in table.items():
+            cells = [f"{maes[p] * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}" for p in props] + [f"{100 * maes['scored']:.1f}"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(args.out, text)
     print("\n" + text)

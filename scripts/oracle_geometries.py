@@ -8,7 +8,7 @@ and prints the oracle's MAE against the QM9 labels for each.
 
 Usage::
 
-    python scripts/oracle_geometries.py [-n 400] [--seed 0]
+    python scripts/oracle_geometries.py [-n 400] [--seed 0] [--oracle PATH ...]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from molgen.chem.elements import ELEMENT_INDEX, Molecule3D  # noqa: E402
 from molgen.conditional import DISPLAY_UNITS, oracle_predict  # noqa: E402
 from molgen.data.qm9 import edm_splits, load_qm9  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
+from molgen.oracle import load_oracle  # noqa: E402
 
 
 def _from_smiles(smiles: str, relax: bool, seed: int) -> Molecule3D:
@@ -42,7 +43,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle", action="append", default=[], metavar="PATH",
+                    help="oracle weights (repeatable, one table each on the same molecules; default: the shipped one)")
     args = ap.parse_args(argv)
+    oracles = [load_oracle(p) for p in args.oracle] or [load_oracle()]
     data = load_qm9(None)
     db = edm_splits(data.num_molecules)["db"]
     idx = db[torch.from_numpy(np.random.RandomState(args.seed).permutation(len(db))[: args.n]).long()].tolist()
@@ -51,21 +55,22 @@ def main(argv=None) -> int:
         "ETKDG": [_from_smiles(data.smiles[i], False, args.seed) for i in idx],
         "ETKDG + MMFF94": [_from_smiles(data.smiles[i], True, args.seed) for i in idx],
     }
-    props = None
-    rows = []
-    for name, mols in sets.items():
-        preds, props = oracle_predict(mols)
-        cells = []
-        for j, p in enumerate(props):
-            err = np.abs(preds[:, j] - data.property(p)[idx].double().numpy())
-            cells.append(f"{np.nanmean(err) * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}")
-        rows.append(f"| {name} | {int(np.isfinite(preds).all(axis=1).sum())} | " + " | ".join(cells) + " |")
-    units = [f"{p} ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
     print(f"Oracle MAE on {args.n} random Db molecules ({describe_machine()}); "
-          f"command: python scripts/oracle_geometries.py {' '.join(sys.argv[1:] if argv is None else argv)}\n")
-    print("| geometry | embedded | " + " | ".join(units) + " |")
-    print("|---|---:|" + "---:|" * len(props))
-    print("\n".join(rows))
+          f"command: python scripts/oracle_geometries.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    for oracle in oracles:
+        props, rows = None, []
+        for name, mols in sets.items():
+            preds, props = oracle_predict(mols, oracle)
+            cells = []
+            for j, p in enumerate(props):
+                err = np.abs(preds[:, j] - data.property(p)[idx].double().numpy())
+                cells.append(f"{np.nanmean(err) * DISPLAY_UNITS.get(p, ('', 1.0))[1]:.4g}")
+            rows.append(f"| {name} | {int(np.isfinite(preds).all(axis=1).sum())} | " + " | ".join(cells) + " |")
+        units = [f"{p} ({DISPLAY_UNITS.get(p, ('', 1.0))[0]})" for p in props]
+        print(f"\noracle version {oracle.version}:\n")
+        print("| geometry | embedded | " + " | ".join(units) + " |")
+        print("|---|---:|" + "---:|" * len(props))
+        print("\n".join(rows))
     return 0
 
 

@@ -63,3 +63,26 @@ def test_atom_counts_given_target_match_brute_force(qm9) -> None:
     got = stats.n_atoms_probs_given({"gap": target}).numpy()
     assert np.abs(got - expected).max() < 1e-9
     assert np.allclose(stats.n_atoms_probs_given({}).numpy(), np.array(stats.n_atoms_hist) / sum(stats.n_atoms_hist))
+
+
+def test_several_oracles_score_the_same_samples_as_one_at_a_time() -> None:
+    """``edm_conditional_oracles`` samples once: each oracle's rows equal a separate single-oracle run
+    with the same seed, and the rows that need no oracle (#Atoms, unscored count) are shared."""
+    from molgen.conditional import edm_conditional, edm_conditional_oracles
+    from molgen.generate import load_model
+
+    model = load_model(pretrained="smiles-ar-gap", device="cpu")
+    first = _oracle()
+    torch.manual_seed(1)
+    second = PropertyOracle(BackboneConfig(num_layers=1, scalar_dim=16, vector_dim=4, edge_dim=8, graph_dim=16,
+                                           cond_dim=8, num_rbf=8), ORACLE_PROPERTIES, [0.0] * 6, [1.0] * 6).eval()
+    assert first.version != second.version
+    both = edm_conditional_oracles(model, "gap", [first, second], n=6, seed=4, progress=False)
+    for oracle, multi in zip((first, second), both):
+        single = edm_conditional(model, "gap", n=6, seed=4, oracle=oracle, progress=False)
+        assert multi.oracle_version == oracle.version == single.oracle_version
+        assert multi.unusable == single.unusable
+        for key, value in single.details.items():
+            assert abs(multi.details[key] - value) < 1e-9, key
+    assert both[0].details["n_atoms"] == both[1].details["n_atoms"]
+    assert both[0].details["model"] != both[1].details["model"]
