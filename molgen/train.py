@@ -110,7 +110,6 @@ def _check_writable(folder: Path) -> None:
                           "set another folder with --set train.out_dir=DIR") from None
 
 
-
 class Trainer:
     """Holds the state of one training run; :meth:`run` trains to ``cfg.train.steps``."""
 
