@@ -56,8 +56,8 @@ def test_crafted_pickle_is_refused_on_every_entry_point(tmp_path, qm9_cache, mon
     env = {"MOLGEN_CACHE": qm9_cache}
     for args in (["generate", "--checkpoint", str(evil), "-n", "2", "--out", "x.sdf"],
                  ["generate", "--run", run, "-n", "2", "--out", "x.sdf"],
-                 ["train", "--model", "diffusion", "--preset", "tiny", "--resume", str(evil)],
-                 ["train", "--model", "diffusion", "--preset", "tiny", "--resume", run],
+                 ["train", "--resume", str(evil)],
+                 ["train", "--resume", run],
                  ["evaluate", "--run", run, "-n", "2"]):
         proc = _molgen(*args, cwd=tmp_path, env=env)
         _one_line(proc, "convert_checkpoint.py")
