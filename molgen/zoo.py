@@ -47,7 +47,7 @@ def load_manifest(folder: str | os.PathLike | None = None) -> dict[str, Pretrain
     if not path.is_file():
         return {}
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         return {name: PretrainedModel(name=name, **entry) for name, entry in raw.items()}
     except (OSError, ValueError, TypeError) as exc:
         raise MolgenError(f"unreadable pretrained-model manifest {path}: {exc}") from None
@@ -81,8 +81,8 @@ def add_to_manifest(entry: PretrainedModel, folder: str | os.PathLike | None = N
     zoo[entry.name] = entry
     raw = {name: {k: v for k, v in asdict(e).items() if k != "name"} for name, e in sorted(zoo.items())}
     path = manifest_path(folder)
-    with atomic_open(path, "w") as fh:
-        json.dump(raw, fh, indent=2)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(raw, fh, indent=2, ensure_ascii=False)
         fh.write("\n")
     return path
 
