@@ -5,7 +5,10 @@ split), early-stopped on the validation split, and their MAE on ``Db`` is the co
 lower-bound row. molgen trains one multi-task regressor of the six protocol properties
 (:class:`molgen.oracle.PropertyOracle`) with an L1 loss on targets standardized by ``Da``'s mean and
 standard deviation; the weights with the best validation MAE (mean over properties of MAE / std)
-are kept.
+are kept. ``loss_weights="edm"`` weights property p by ``std_p / EDM_p`` (mean weight 1; ``EDM_p``
+is EDM's classifier MAE on ``Db``), so the loss and the selection score are the mean over
+properties of the error *relative to EDM's*, the campaign's figure of merit; it may be switched
+on resume (a branch of the campaign: the best weights are re-scored under the new criterion).
 
 Resumable: the whole state — weights, AdamW moments, step, epoch and position in the epoch, the
 best weights so far, the learning curve, the command history — is one file (tensors and plain
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +41,23 @@ DISPLAY = {"alpha": ("Bohr^3", 1.0), "gap": ("meV", 1000.0), "homo": ("meV", 100
            "lumo": ("meV", 1000.0), "mu": ("D", 1.0), "Cv": ("cal/mol/K", 1.0)}
 #: EDM's classifier MAE on Db (Hoogeboom et al. 2022, Table 3 "QM9 (lower-bound)"), user units.
 EDM_LOWER_BOUND = {"alpha": 0.10, "gap": 0.064, "homo": 0.039, "lumo": 0.036, "mu": 0.043, "Cv": 0.040}
+#: Per-property weightings of the loss and the validation score (see the module doc).
+LOSS_WEIGHTS = ("std", "edm")
+
+
+def property_weights(loss_weights: str, std: torch.Tensor) -> torch.Tensor:
+    """``[P]`` weights of the standardized per-property errors (mean 1): ones for ``"std"``,
+    ``std_p / EDM_p`` normalized for ``"edm"``."""
+    if loss_weights == "std":
+        return torch.ones_like(std)
+    w = std / torch.tensor([EDM_LOWER_BOUND[p] for p in ORACLE_PROPERTIES], dtype=std.dtype, device=std.device)
+    return w / w.mean()
+
+
+def valid_score(loss_weights: str, mae: torch.Tensor, std: torch.Tensor) -> float:
+    """The selection score of a ``[P]`` user-unit MAE: the mean weighted standardized error."""
+    std = std.cpu()
+    return float((property_weights(loss_weights, std) * mae / std).mean())
 
 
 @dataclass
@@ -56,6 +76,11 @@ class OracleTrainConfig:
     clip: float = 10.0
     seed: int = 0
     max_train: int | None = None  # cap on Da molecules (smoke runs and tests)
+    loss_weights: str = "std"  # "std": equal weights on standardized targets; "edm": relative to EDM's MAE
+
+    def __post_init__(self) -> None:
+        if self.loss_weights not in LOSS_WEIGHTS:
+            raise MolgenError(f"loss_weights must be one of {', '.join(LOSS_WEIGHTS)}, got {self.loss_weights!r}")
 
     def backbone(self) -> BackboneConfig:
         return BackboneConfig(num_layers=self.layers, scalar_dim=self.scalar_dim, vector_dim=self.vector_dim,
@@ -182,6 +207,7 @@ def train_chunk(state: TrainingState, data: OracleData, *, minutes: float, devic
     SIGTERM / SIGINT, or ``total_steps``), then return the updated state (not yet saved)."""
     cfg = state.config
     model, opt = build(state, data, device)
+    weights = property_weights(cfg.loss_weights, model.std)
     stop = {"signal": None}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -211,7 +237,7 @@ def train_chunk(state: TrainingState, data: OracleData, *, minutes: float, devic
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, state.step)
                 pred = model.forward_normalized(b.atom_types, b.pos, b.batch, b.num_graphs)
-                loss = (pred - b.y.view(b.num_graphs, -1)).abs().mean()
+                loss = ((pred - b.y.view(b.num_graphs, -1)).abs() * weights).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -237,15 +263,33 @@ def train_chunk(state: TrainingState, data: OracleData, *, minutes: float, devic
 
 def _validate(state: TrainingState, model: PropertyOracle, data: OracleData, device, loss: float, log) -> None:
     mae = mean_abs_error(model, data.valid, device)
-    score = float((mae / model.std.cpu()).mean())
+    score = valid_score(state.config.loss_weights, mae, model.std)
     if score < state.best_score:
         state.best_score = score
         state.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     epochs = state.step * state.config.batch_size / len(data.train)
     state.history.append({"step": state.step, "epochs": round(epochs, 3), "hours": round(state.train_seconds / 3600, 4),
-                          "valid_score": score, "valid_mae": dict(zip(ORACLE_PROPERTIES, map(float, mae)))})
+                          "valid_score": score, "criterion": state.config.loss_weights,
+                          "valid_mae": dict(zip(ORACLE_PROPERTIES, map(float, mae)))})
     log(f"step {state.step} epoch {epochs:.2f} {state.train_seconds / 3600:.2f} h loss {loss:.4f} "
         f"valid normalized MAE {score:.4f} (best {state.best_score:.4f})")
+
+
+def switch_loss_weights(state: TrainingState, data: OracleData, loss_weights: str, device: torch.device) -> None:
+    """Branch the campaign to another ``loss_weights``: its best weights are re-scored on the
+    validation set under the new criterion (so later validations compare like with like)."""
+    if loss_weights == state.config.loss_weights:
+        return
+    state.config = replace(state.config, loss_weights=loss_weights)
+    if state.best_model is not None:
+        state.best_score = valid_score(loss_weights, mean_abs_error(best_oracle(state, data).to(device), data.valid,
+                                                                    device), data_std(data))
+    else:
+        state.best_score = math.inf
+
+
+def data_std(data: OracleData) -> torch.Tensor:
+    return torch.as_tensor(data.stats.std, dtype=torch.float32)
 
 
 def best_oracle(state: TrainingState, data: OracleData) -> PropertyOracle:

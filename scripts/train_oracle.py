@@ -5,6 +5,8 @@
         [--layers 4 --scalar-dim 64 --vector-dim 16 --batch-size 128 --lr 1e-3] [--state PATH]
     # the next chunk: same trajectory, same step count (SIGTERM / Ctrl-C also save the state)
     OMP_NUM_THREADS=1 python scripts/train_oracle.py --minutes 60 --resume [--state PATH]
+    # a branch with the loss (and selection score) relative to EDM's MAE per property
+    cp STATE B.pt && python scripts/train_oracle.py --minutes 60 --resume --state B.pt --loss-weights edm
     # any chunk can end with a Db point on the learning curve and/or an export of the best weights
         ... --eval-db --export molgen/pretrained/oracle.pt
     # the MAE of the shipped (or --weights) oracle on all 50,000 Db molecules, as JSON
@@ -30,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from molgen.errors import MolgenError  # noqa: E402
 from molgen.io_utils import atomic_write_text  # noqa: E402
-from molgen.oracle_training import (DISPLAY, OracleData, OracleTrainConfig, TrainingState, best_oracle,  # noqa: E402
-                                    mae_display, mae_table, mean_abs_error, new_state, train_chunk)
+from molgen.oracle_training import (DISPLAY, LOSS_WEIGHTS, OracleData, OracleTrainConfig, TrainingState,  # noqa: E402
+                                    best_oracle, mae_display, mae_table, mean_abs_error, new_state,
+                                    switch_loss_weights, train_chunk)
 from molgen.machine import describe_machine  # noqa: E402
 from molgen.oracle import ORACLE_PROPERTIES  # noqa: E402
 
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-db", type=int, default=None, help="cap on Db molecules (smoke runs)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--loss-weights", choices=LOSS_WEIGHTS, default=None,
+                    help="per-property loss weights: std (default) or edm; on --resume it branches the campaign")
     fresh = ap.add_argument_group("architecture and schedule (fresh campaigns only)")
     defaults = OracleTrainConfig()
     for name in CONFIG_FLAGS:
@@ -130,13 +135,19 @@ def main(argv=None) -> int:
             raise MolgenError(f"{state_path} holds a campaign already: add --resume, or pick another --state")
         else:
             state = None
+        if state is None and args.loss_weights:
+            given["loss_weights"] = args.loss_weights
         cfg = state.config if state else OracleTrainConfig(**given)
         data = OracleData(cfg, max_db=args.max_db)
         state = state or new_state(cfg, data)
+        if args.loss_weights:
+            switch_loss_weights(state, data, args.loss_weights, device)
+            cfg = state.config
         state.commands.append("python scripts/train_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv))
         state.machines.append(describe_machine())
         print(f"oracle campaign {state_path}: step {state.step:,} of {cfg.total_steps:,}, Da={len(data.train):,}, "
-              f"valid={len(data.valid):,}, device={device}, chunk budget {args.minutes:g} min", flush=True)
+              f"valid={len(data.valid):,}, loss weights {cfg.loss_weights}, device={device}, "
+              f"chunk budget {args.minutes:g} min", flush=True)
         state = train_chunk(state, data, minutes=args.minutes, device=device, max_steps=args.max_steps,
                             log=lambda s: print(s, flush=True))
         print(f"chunk ended ({state.stopped_by}) at step {state.step:,}, epoch {state.epoch} "

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from molgen.oracle_training import (OracleData, OracleTrainConfig, TrainingState, learning_rate, new_state,
-                                    train_chunk)
+from molgen.errors import MolgenError
+from molgen.oracle_training import (EDM_LOWER_BOUND, OracleData, OracleTrainConfig, TrainingState, learning_rate,
+                                    mean_abs_error, new_state, best_oracle, property_weights, switch_loss_weights,
+                                    train_chunk, valid_score)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -101,3 +103,36 @@ def test_script_campaign(tmp_path, qm9_cache) -> None:
     from molgen.oracle import load_oracle
 
     assert load_oracle(oracle).meta["training"]["steps"] == 5
+
+
+def test_edm_loss_weights_score_the_error_relative_to_edm() -> None:
+    std = torch.tensor([8.0, 1.3, 0.6, 1.3, 1.5, 4.0])
+    assert torch.equal(property_weights("std", std), torch.ones(6))
+    w = property_weights("edm", std)
+    edm = [0.10, 0.064, 0.039, 0.036, 0.043, 0.040]  # EDM's Table 3 lower-bound row, written out by hand
+    ratio = [s / e for s, e in zip(std.tolist(), edm)]
+    assert w.tolist() == pytest.approx([r / (sum(ratio) / 6) for r in ratio])
+    # the "edm" score of an MAE vector is proportional to the mean of MAE / EDM's MAE
+    mae_a = torch.tensor(edm) * 2  # exactly 2x EDM everywhere
+    mae_b = torch.tensor(edm) * torch.tensor([7.0, 1, 1, 1, 1, 1])  # same mean ratio (2), other spread
+    assert valid_score("edm", mae_a, std) == pytest.approx(valid_score("edm", mae_b, std))
+    assert valid_score("edm", mae_a, std) == pytest.approx(2 * 6 / sum(ratio))
+    assert list(EDM_LOWER_BOUND.values()) == pytest.approx(edm)
+    with pytest.raises(MolgenError, match="loss_weights"):
+        OracleTrainConfig(loss_weights="uniform")
+
+
+def test_edm_weighted_branch_learns_and_rescoring_its_best(small) -> None:
+    cfg = _cfg(val_every=4, total_steps=200)
+    data = OracleData(cfg, data=small)
+    quiet = lambda s: None  # noqa: E731
+    state = train_chunk(new_state(cfg, data), data, minutes=10, device=CPU, max_steps=8, log=quiet)
+    std = torch.as_tensor(data.stats.std, dtype=torch.float32)
+    best_mae = mean_abs_error(best_oracle(state, data), data.valid, CPU)
+    switch_loss_weights(state, data, "edm", CPU)
+    assert state.config.loss_weights == "edm"
+    assert state.best_score == pytest.approx(valid_score("edm", best_mae, std))
+    at_switch = valid_score("edm", torch.tensor([state.history[-1]["valid_mae"][p] for p in EDM_LOWER_BOUND]), std)
+    state = train_chunk(state, data, minutes=10, device=CPU, max_steps=40, log=quiet)
+    rows = [h for h in state.history if h["criterion"] == "edm"]
+    assert len(rows) == 10 and rows[-1]["valid_score"] < at_switch  # the weighted loss still learns
