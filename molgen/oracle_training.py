@@ -272,7 +272,7 @@ def _validate(state: TrainingState, model: PropertyOracle, data: OracleData, dev
                           "valid_score": score, "criterion": state.config.loss_weights,
                           "valid_mae": dict(zip(ORACLE_PROPERTIES, map(float, mae)))})
     log(f"step {state.step} epoch {epochs:.2f} {state.train_seconds / 3600:.2f} h loss {loss:.4f} "
-        f"valid normalized MAE {score:.4f} (best {state.best_score:.4f})")
+        f"valid score ({state.config.loss_weights}) {score:.4f} (best {state.best_score:.4f})")
 
 
 def switch_loss_weights(state: TrainingState, data: OracleData, loss_weights: str, device: torch.device) -> None:
