@@ -282,14 +282,10 @@ def switch_loss_weights(state: TrainingState, data: OracleData, loss_weights: st
         return
     state.config = replace(state.config, loss_weights=loss_weights)
     if state.best_model is not None:
-        state.best_score = valid_score(loss_weights, mean_abs_error(best_oracle(state, data).to(device), data.valid,
-                                                                    device), data_std(data))
+        best = best_oracle(state, data).to(device)
+        state.best_score = valid_score(loss_weights, mean_abs_error(best, data.valid, device), best.std)
     else:
         state.best_score = math.inf
-
-
-def data_std(data: OracleData) -> torch.Tensor:
-    return torch.as_tensor(data.stats.std, dtype=torch.float32)
 
 
 def best_oracle(state: TrainingState, data: OracleData) -> PropertyOracle:
