@@ -41,7 +41,7 @@ def property_panels(comparison: Comparison) -> dict[str, dict[str, np.ndarray]]:
 
 def geometry_panels(comparison: Comparison) -> dict[str, dict[str, np.ndarray]]:
     """Bond lengths / angles of the reference's most common types, reference and every contender."""
-    from molgen.metrics.geometry import angle_label, bond_label
+    from molgen.metrics.geometry_features import angle_label, bond_label
 
     measured = [(c.label, r.geometry) for c, r in zip(comparison.contenders, comparison.reports) if r.geometry]
     if not measured:

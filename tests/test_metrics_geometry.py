@@ -14,6 +14,8 @@ from molgen.chem.build import build_mol, sanitize
 from molgen.chem.elements import ELEMENT_INDEX, Molecule3D
 from molgen.chem.io import write_sdf, write_xyz
 from molgen.metrics import geometry as G
+from molgen.metrics import geometry_features as F
+from molgen.metrics.embedding import wasserstein1
 
 H, C, O = ELEMENT_INDEX["H"], ELEMENT_INDEX["C"], ELEMENT_INDEX["O"]
 
@@ -28,20 +30,20 @@ def small_qm9(tmp_path_factory, qm9_small_source):
 
 def _mols(data, rows) -> list[Chem.Mol]:
     mols, _ = G._qm9_mols(data, np.asarray(rows))
-    return [mols[t] for t in G.measurable(mols)]
+    return [mols[t] for t in F.measurable(mols)]
 
 
-def _features(codes: dict[str, tuple[int, list[float]]], n: int = 1) -> G.GeometryFeatures:
+def _features(codes: dict[str, tuple[int, list[float]]], n: int = 1) -> F.GeometryFeatures:
     """Hand-made bond-length features: ``{label: (code, lengths)}``."""
     bc = np.concatenate([[code] * len(v) for code, v in codes.values()]).astype(np.int64)
     bl = np.concatenate([v for _, v in codes.values()]).astype(np.float64)
     empty = np.zeros(0)
-    return G.GeometryFeatures(np.array([6, 1]), bc, bl, empty.astype(np.int64), empty, empty.astype(np.int64),
+    return F.GeometryFeatures(np.array([6, 1]), bc, bl, empty.astype(np.int64), empty, empty.astype(np.int64),
                               empty, n)
 
 
 def _code(lo: int, hi: int, order: int) -> int:
-    return int((G._RANK[lo] << 10) | (G._RANK[hi] << 3) | order)
+    return int((F._RANK[lo] << 10) | (F._RANK[hi] << 3) | order)
 
 
 # ----------------------------------------------------------------------------- W1 and its mean
@@ -49,7 +51,7 @@ def _code(lo: int, hi: int, order: int) -> int:
 
 def test_w1_by_type_against_hand_computed_values() -> None:
     ch, cc, cf = _code(6, 1, 1), _code(6, 6, 1), _code(6, 9, 1)
-    assert (G.bond_label(ch), G.bond_label(cc), G.bond_label(_code(6, 8, 2)), G.bond_label(_code(6, 6, 4))) == \
+    assert (F.bond_label(ch), F.bond_label(cc), F.bond_label(_code(6, 8, 2)), F.bond_label(_code(6, 6, 4))) == \
         ("C-H", "C-C", "C--O", "C:C")
     # C-H: F_s steps 1.0 (1/2), 1.1 (1); F_r steps 1.1 (1/3), 1.2 (2/3), 1.3 (1):
     # W1 = 0.1 * (1/2) + 0.1 * (2/3) + 0.1 * (1/3) = 0.15
@@ -70,7 +72,7 @@ def test_w1_by_type_against_hand_computed_values() -> None:
     assert "geometry/bond_length_w1" not in out and out["geometry/bond_length_types_compared"] == 0
     assert out["geometry/bond_length_uncompared_by_type/C-H/reference"] == 3
     # a plain 1-D shift: W1 = 5
-    assert G.wasserstein1([0.0, 1.0, 3.0], [5.0, 6.0, 8.0]) == pytest.approx(5.0)
+    assert wasserstein1([0.0, 1.0, 3.0], [5.0, 6.0, 8.0]) == pytest.approx(5.0)
 
 
 def test_total_variation() -> None:
@@ -99,7 +101,7 @@ def _brute_force(m: Chem.Mol) -> tuple[list[tuple[str, float]], list[tuple[str, 
     conf = m.GetConformer()
     sym = [a.GetSymbol() for a in m.GetAtoms()]
     nbrs = [[n.GetIdx() for n in a.GetNeighbors()] for a in m.GetAtoms()]
-    rank = lambda s: int(G._RANK[Chem.GetPeriodicTable().GetAtomicNumber(s)])  # noqa: E731
+    rank = lambda s: int(F._RANK[Chem.GetPeriodicTable().GetAtomicNumber(s)])  # noqa: E731
     angles, torsions = [], []
     for b in range(m.GetNumAtoms()):
         for a, c in itertools.combinations(sorted(nbrs[b]), 2):
@@ -111,7 +113,7 @@ def _brute_force(m: Chem.Mol) -> tuple[list[tuple[str, float]], list[tuple[str, 
             for l in nbrs[k]:  # noqa: E741
                 if i == k or j == l or i == l:
                     continue
-                if max(rdMolTransforms.GetAngleDeg(conf, i, j, k), rdMolTransforms.GetAngleDeg(conf, j, k, l)) > G.LINEAR_DEG:
+                if max(rdMolTransforms.GetAngleDeg(conf, i, j, k), rdMolTransforms.GetAngleDeg(conf, j, k, l)) > F.LINEAR_DEG:
                     continue
                 path = [sym[i], sym[j], sym[k], sym[l]]
                 path = min(path, path[::-1], key=lambda p: [rank(s) for s in p])
@@ -119,33 +121,33 @@ def _brute_force(m: Chem.Mol) -> tuple[list[tuple[str, float]], list[tuple[str, 
     return sorted(angles), sorted(torsions)
 
 
-def _measured(f: G.GeometryFeatures) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    angles = sorted((G.angle_label(c), float(v)) for c, v in zip(f.angle_code, f.angle_deg))
-    torsions = sorted((G.torsion_label(c), float(v)) for c, v in zip(f.torsion_code, f.torsion_deg))
+def _measured(f: F.GeometryFeatures) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    angles = sorted((F.angle_label(c), float(v)) for c, v in zip(f.angle_code, f.angle_deg))
+    torsions = sorted((F.torsion_label(c), float(v)) for c, v in zip(f.torsion_code, f.torsion_deg))
     return angles, torsions
 
 
 def test_angles_and_torsions_of_a_hand_built_molecule() -> None:
     m = _hydrogen_peroxide(120.0)
-    f = G.geometry_features([m])
+    f = F.geometry_features([m])
     pos = m.GetConformer().GetPositions()
     u, v = pos[2] - pos[0], pos[1] - pos[0]  # numpy arithmetic: H1-O1-O2
     expected = math.degrees(math.acos(u @ v / np.linalg.norm(u) / np.linalg.norm(v)))
-    assert sorted(G.angle_label(c) for c in f.angle_code) == ["O-O-H", "O-O-H"]
+    assert sorted(F.angle_label(c) for c in f.angle_code) == ["O-O-H", "O-O-H"]
     assert f.angle_deg == pytest.approx([expected, expected], abs=1e-9)
-    assert [G.torsion_label(c) for c in f.torsion_code] == ["H-O-O-H"]
+    assert [F.torsion_label(c) for c in f.torsion_code] == ["H-O-O-H"]
     assert f.torsion_deg == pytest.approx([120.0], abs=1e-9)
-    assert sorted(G.bond_label(c) for c in f.bond_code) == ["O-H", "O-H", "O-O"]
+    assert sorted(F.bond_label(c) for c in f.bond_code) == ["O-H", "O-H", "O-O"]
     assert sorted(f.bond_length) == pytest.approx(sorted([np.linalg.norm(pos[2] - pos[0]), 1.45,
                                                            np.linalg.norm(pos[3] - pos[1])]), abs=1e-12)
     # the signed dihedral follows the IUPAC convention (RDKit's)
-    assert G.dihedral_deg(pos[[2]], pos[[0]], pos[[1]], pos[[3]])[0] == pytest.approx(
+    assert F.dihedral_deg(pos[[2]], pos[[0]], pos[[1]], pos[[3]])[0] == pytest.approx(
         rdMolTransforms.GetDihedralDeg(m.GetConformer(), 2, 0, 1, 3), abs=1e-9)
 
 
 def test_qm9_molecules_match_a_brute_force_enumeration(small_qm9) -> None:
     mols = _mols(small_qm9, range(120, 160))  # rings, carbonyls, nitriles (linear angles) among them
-    batch = _measured(G.geometry_features(mols))
+    batch = _measured(F.geometry_features(mols))
     one_by_one = [_brute_force(m) for m in mols]
     angles = sorted(a for pair in one_by_one for a in pair[0])
     torsions = sorted(t for pair in one_by_one for t in pair[1])
@@ -171,8 +173,8 @@ def test_rotated_and_translated_copy_gives_zero(small_qm9) -> None:
         for i, p in enumerate(new):
             conf.SetAtomPosition(i, p.tolist())
         moved.append(m2)
-    out = G.compare_geometry(G.geometry_features(moved), G.geometry_features(mols), min_count=1)
-    for kind in G.KINDS:
+    out = G.compare_geometry(F.geometry_features(moved), F.geometry_features(mols), min_count=1)
+    for kind in F.KINDS:
         assert out[f"geometry/{kind}_types_compared"] > 0
         assert out[f"geometry/{kind}_w1"] < 1e-6, kind
     assert out["geometry/atom_type_tv"] == 0 and out["geometry/bond_type_tv"] == 0
@@ -185,9 +187,9 @@ def test_qm9_reference_against_a_disjoint_qm9_sample_is_near_zero(qm9) -> None:
     from molgen.data.qm9 import edm_splits
 
     splits = edm_splits(qm9.num_molecules)
-    a = G.geometry_features(_mols(qm9, splits["test"][:1000].numpy()))
+    a = F.geometry_features(_mols(qm9, splits["test"][:1000].numpy()))
     b_mols = _mols(qm9, splits["train"][:1000].numpy())
-    out = G.compare_geometry(a, G.geometry_features(b_mols))
+    out = G.compare_geometry(a, F.geometry_features(b_mols))
     assert out["geometry/bond_length_w1"] < 0.003  # Å
     assert out["geometry/bond_angle_w1"] < 1.0  # degrees
     assert out["geometry/torsion_w1"] < 3.0  # degrees
@@ -201,7 +203,7 @@ def test_qm9_reference_against_a_disjoint_qm9_sample_is_near_zero(qm9) -> None:
         for i, p in enumerate(conf.GetPositions() + rng.normal(0, 0.05, (m2.GetNumAtoms(), 3))):
             conf.SetAtomPosition(i, p.tolist())
         noisy.append(m2)
-    worse = G.compare_geometry(a, G.geometry_features(noisy))
+    worse = G.compare_geometry(a, F.geometry_features(noisy))
     assert worse["geometry/bond_length_w1"] > 10 * out["geometry/bond_length_w1"]
 
 
@@ -223,11 +225,11 @@ def test_bonds_from_an_sdf_file_are_used(tmp_path) -> None:
     mols = _stretched_ethylenes(3)
     write_sdf(mols, tmp_path / "e.sdf")
     write_xyz(mols, tmp_path / "e.xyz")
-    from_sdf = G.geometry_features([r.mol for r in read_molecules(tmp_path / "e.sdf").records])
-    assert sorted({G.bond_label(c) for c in from_sdf.bond_code}) == ["C--C", "C-H"]
+    from_sdf = F.geometry_features([r.mol for r in read_molecules(tmp_path / "e.sdf").records])
+    assert sorted({F.bond_label(c) for c in from_sdf.bond_code}) == ["C--C", "C-H"]
     assert from_sdf.bond_length[from_sdf.bond_code == _code(6, 6, 2)] == pytest.approx([1.45] * 3)
-    from_xyz = G.geometry_features([r.mol for r in read_molecules(tmp_path / "e.xyz").records])
-    assert sorted({G.bond_label(c) for c in from_xyz.bond_code}) == ["C-C", "C-H"]  # EDM's rule
+    from_xyz = F.geometry_features([r.mol for r in read_molecules(tmp_path / "e.xyz").records])
+    assert sorted({F.bond_label(c) for c in from_xyz.bond_code}) == ["C-C", "C-H"]  # EDM's rule
 
 
 def test_benchmark_geometry_group(tmp_path, small_qm9) -> None:

@@ -67,7 +67,7 @@ class BenchmarkReport:
     oracle_version: str | None = None
     #: metric groups that could not be computed, with why (e.g. fewer than 2 valid molecules)
     skipped: dict[str, str] = field(default_factory=dict)
-    #: ``(samples, reference)`` :class:`~molgen.metrics.geometry.GeometryFeatures` when the
+    #: ``(samples, reference)`` :class:`~molgen.metrics.geometry_features.GeometryFeatures` when the
     #: ``geometry`` group ran (for plots: ``molgen compare``'s histograms)
     geometry: tuple | None = None
 
