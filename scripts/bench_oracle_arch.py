@@ -11,8 +11,8 @@ same throughout (the seconds differ between machines; the ratios between contend
 
 Reported per contender: parameters, steps in the budget, the validation score (mean over properties
 of MAE relative to EDM's classifier with ``--loss-weights edm``; the campaign's figure of merit) of
-the best weights at 1/4, 1/2 and all of the budget, the score at the largest step every contender
-reached (per step: capacity, not speed), and the best weights' MAE on the first ``--db-molecules`` of
+the best weights at 1/4, 1/2 and all of the budget, the best score up to the last validation step
+every contender reached (per step: capacity, not speed), and the best weights' MAE on the first ``--db-molecules`` of
 ``Db``. Lower is better everywhere.
 """
 
@@ -55,7 +55,7 @@ def best_until(history: list[dict], *, hours: float | None = None, step: int | N
 
 def summarize(runs: list[dict], minutes: float) -> str:
     """Markdown table of the contenders (``runs``: name, params, steps, history, db_mae)."""
-    common = min(r["steps"] for r in runs)
+    common = min(max((h["step"] for h in r["history"]), default=0) for r in runs)  # last validation all reached
     head = ["contender (layers x scalars x vectors)", "params", "steps", "steps/min"]
     head += [f"score at {f:g} of the budget" for f in FRACTIONS] + [f"score at step {common:,}"]
     head += [f"Db {p} ({DISPLAY[p][0]})" for p in ORACLE_PROPERTIES]

@@ -39,12 +39,12 @@ def test_scores_are_the_best_so_far_by_time_and_by_step() -> None:
     assert bench.best_until(hist, step=399) == 0.5 and bench.best_until(hist, step=400) == 0.4
     db = {p: 0.0 for p in ("alpha", "gap", "homo", "lumo", "mu", "Cv")}
     fast = {"name": "1x8x2", "params": 10, "steps": 400, "history": hist, "db_mae": db}
-    slow = {"name": "2x8x2", "params": 20, "steps": 200,
+    slow = {"name": "2x8x2", "params": 20, "steps": 230,  # its last validation at step 200
             "history": _history([(100, 0.2, 0.8), (200, 0.4, 0.45)]), "db_mae": {**db, "gap": 0.1}}
     table = bench.summarize([fast, slow], minutes=24.0).splitlines()  # budget 0.4 h: fractions at 0.1 / 0.2 / 0.4 h
     assert "score at step 200" in table[0]
     assert table[2].split(" | ")[1:8] == ["10", "400", "16.7", "0.900", "0.500", "0.400", "0.500"]
-    assert table[3].split(" | ")[1:8] == ["20", "200", "8.3", "—", "0.800", "0.450", "0.450"]
+    assert table[3].split(" | ")[1:8] == ["20", "230", "9.6", "—", "0.800", "0.450", "0.450"]
     assert table[3].split(" | ")[9] == "100"  # gap in meV
 
 
