@@ -1,6 +1,6 @@
 """Oracle architectures side by side: each contender trains from scratch for the same wall clock.
 
-    OMP_NUM_THREADS=1 python scripts/bench_oracle_arch.py --minutes 26 \
+    OMP_NUM_THREADS=1 python scripts/bench_oracle_arch.py --minutes 27 \
         [--contender 4x64x16 --contender 6x64x16 --contender 4x96x24] [--db-molecules 10000] [--out F.md]
 
 A contender is ``LAYERSxSCALARSxVECTORS`` of the oracle's backbone; everything else is the campaign's
@@ -33,7 +33,7 @@ from molgen.io_utils import atomic_write_text  # noqa: E402
 from molgen.machine import describe_machine  # noqa: E402
 from molgen.oracle import ORACLE_PROPERTIES  # noqa: E402
 from molgen.oracle_training import (DISPLAY, EDM_LOWER_BOUND, LOSS_WEIGHTS, OracleData, OracleTrainConfig,  # noqa: E402
-                                    best_oracle, mean_abs_error, new_state, train_chunk)
+                                    best_oracle, mae_display, mean_abs_error, new_state, train_chunk)
 
 DEFAULT_CONTENDERS = ("4x64x16", "6x64x16", "4x96x24")
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -65,14 +65,14 @@ def summarize(runs: list[dict], minutes: float) -> str:
         cells = [r["name"], f"{r['params']:,}", f"{r['steps']:,}", f"{r['steps'] / minutes:.1f}"]
         cells += [fmt(best_until(r["history"], hours=f * minutes / 60)) for f in FRACTIONS]
         cells.append(fmt(best_until(r["history"], step=common)))
-        cells += [f"{r['db_mae'][p] * DISPLAY[p][1]:.4g}" for p in ORACLE_PROPERTIES]
+        cells += [f"{v:.4g}" for v in mae_display(r["db_mae"]).values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=26.0, help="wall-clock budget of each contender")
+    ap.add_argument("--minutes", type=float, default=27.0, help="wall-clock budget of each contender")
     ap.add_argument("--contender", action="append", default=None, help="LAYERSxSCALARSxVECTORS (repeatable)")
     ap.add_argument("--max-steps", type=int, default=None, help="also stop each contender after this many steps")
     ap.add_argument("--total-steps", type=int, default=60_000, help="cosine schedule length (the campaign's)")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         header = (f"{args.minutes:g} min each, {describe_machine()}; "
                   f"score = best validation score ({args.loss_weights} weights, {len(data.valid):,} molecules); "
                   f"Db = first {len(db):,} Db molecules; EDM's classifier: "
-                  + ", ".join(f"{p} {EDM_LOWER_BOUND[p] * DISPLAY[p][1]:g}" for p in ORACLE_PROPERTIES))
+                  + ", ".join(f"{p} {v:g}" for p, v in mae_display(EDM_LOWER_BOUND).items()))
         print("\n" + header + "\n\n" + table)
         if args.out:
             atomic_write_text(args.out, header + "\n\n" + table + "\n")
